@@ -1,0 +1,46 @@
+"""workbench: pick an architecture by name, describe an experiment in YAML, run an Optuna study
+whose every trial is a Lightning run tracked in MLflow, then explain the best model.
+
+Imports are lazy: ``import workbench`` loads neither torch, Lightning, MLflow nor SHAP until a
+function that needs them is called.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_spec": "workbench.spec",
+    "ExperimentSpec": "workbench.spec",
+    "SpecError": "workbench.spec",
+    "run_study": "workbench.study",
+    "StudyResult": "workbench.study",
+    "available_models": "workbench.registry",
+    "available_data": "workbench.registry",
+    "build_model": "workbench.registry",
+    "build_data": "workbench.registry",
+    "fit": "workbench.train",
+    "build_datamodule": "workbench.train",
+    "load_module": "workbench.train",
+    "explain_images": "workbench.explain",
+    "load_model": "workbench.tracking",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from workbench.explain import explain_images
+    from workbench.registry import available_data, available_models, build_data, build_model
+    from workbench.spec import ExperimentSpec, SpecError, load_spec
+    from workbench.study import StudyResult, run_study
+    from workbench.tracking import load_model
+    from workbench.train import build_datamodule, fit, load_module
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'workbench' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""Data families, one module each; registered by name in ``workbench.registry``."""

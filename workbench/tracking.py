@@ -1,0 +1,180 @@
+"""MLflow, and only MLflow: store locations, study/trial runs, metrics, artifacts, model registry.
+
+Runs are addressed by id through ``MlflowClient`` rather than the global active-run stack, so a
+notebook kernel never inherits a dangling run and a child run can never lose its parent.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+# Tags the workbench sets; the MLflow UI can filter on any of them.
+ROLE, STUDY, TRIAL = "workbench.role", "workbench.study", "workbench.trial"
+PARENT = "mlflow.parentRunId"
+
+
+@dataclass
+class Store:
+    """Where one workbench root keeps its runs."""
+
+    root: Path
+    tracking_uri: str
+    experiment_id: str
+
+    @property
+    def client(self) -> MlflowClient:
+        return MlflowClient(self.tracking_uri)
+
+
+def open_store(root: str | Path, experiment: str, tracking_uri: str | None = None) -> Store:
+    """Point MLflow at ``sqlite:///<root>/mlflow.db`` (or ``tracking_uri``) and ensure the experiment."""
+    root = Path(root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri or f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        location = None if uri.startswith("http") else (root / "artifacts").as_uri()
+        experiment_id = client.create_experiment(experiment, artifact_location=location)
+    else:
+        experiment_id = found.experiment_id
+    return Store(root, uri, experiment_id)
+
+
+def find_study_run(store: Store, study: str) -> str | None:
+    """The parent run of study ``study`` in this experiment, if one exists."""
+    runs = store.client.search_runs(
+        [store.experiment_id],
+        filter_string=f"tags.`{ROLE}` = 'study' AND tags.`{STUDY}` = '{study}'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def start_run(store: Store, name: str, tags: dict[str, str], parent: str | None = None) -> str:
+    """Open a run (nested under ``parent`` when given) and return its id."""
+    tags = dict(tags)
+    if parent is not None:
+        tags[PARENT] = parent
+    run = store.client.create_run(store.experiment_id, run_name=name, tags=tags)
+    return run.info.run_id
+
+
+def reopen_run(store: Store, run_id: str) -> None:
+    store.client.update_run(run_id, status="RUNNING")
+
+
+def end_run(store: Store, run_id: str, status: str, reason: str | None = None) -> None:
+    """Close a run as FINISHED, KILLED or FAILED; a reason is kept as a tag for the UI."""
+    if reason:
+        store.client.set_tag(run_id, "workbench.end_reason", reason[:4000])
+    store.client.set_terminated(run_id, status=status)
+
+
+def child_runs(store: Store, parent: str) -> list:
+    """Every run nested under ``parent``."""
+    return store.client.search_runs(
+        [store.experiment_id], filter_string=f"tags.`{PARENT}` = '{parent}'", max_results=10_000
+    )
+
+
+def log_params(store: Store, run_id: str, params: dict[str, Any]) -> None:
+    """Log all params in one batch, from one place (MLflow refuses a param logged twice)."""
+    store.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+
+
+def log_metrics(store: Store, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    """Log a dict of metrics in one batched call."""
+    import time
+
+    now = int(time.time() * 1000)
+    store.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+
+def set_tags(store: Store, run_id: str, tags: dict[str, Any]) -> None:
+    store.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_figure(store: Store, run_id: str, figure, artifact_file: str) -> None:
+    store.client.log_figure(run_id, figure, artifact_file)
+
+
+def log_json(store: Store, run_id: str, data: Any, artifact_file: str) -> None:
+    store.client.log_text(run_id, json.dumps(data, indent=2, default=str), artifact_file)
+
+
+def log_file(store: Store, run_id: str, path: str | Path, artifact_dir: str | None = None) -> None:
+    store.client.log_artifact(run_id, str(path), artifact_dir)
+
+
+def log_arrays(store: Store, run_id: str, artifact_file: str, **arrays) -> None:
+    """Save numpy arrays as one ``.npz`` artifact."""
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        np.savez_compressed(path, **arrays)
+        store.client.log_artifact(run_id, str(path), str(Path(artifact_file).parent) or None)
+
+
+def log_model(store: Store, run_id: str, network, input_example) -> str:
+    """Log a plain network with MLflow's PyTorch flavour (torch.export ``.pt2``, no pickle).
+
+    The input example must hold at least two rows so the exported batch dimension stays dynamic.
+    Requirements are given explicitly: inferring them re-imports the model and costs seconds.
+    """
+    import mlflow.pytorch
+    import torch
+
+    with mlflow.start_run(run_id=run_id, nested=True):
+        info = mlflow.pytorch.log_model(
+            network.eval().cpu(),
+            name="model",
+            input_example=input_example,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+        )
+    return info.model_uri
+
+
+def register_model(store: Store, model_uri: str, name: str, run_id: str, alias: str = "champion") -> int:
+    """Register ``model_uri`` as a new version of ``name`` and point ``alias`` at it."""
+    client = store.client
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(name)
+    version = client.create_model_version(name, model_uri, run_id=run_id)
+    client.set_registered_model_alias(name, alias, version.version)
+    return int(version.version)
+
+
+def load_model(model_uri: str):
+    """Load a logged network back (``models:/name@alias``, ``models:/m-…`` or ``runs:/…``)."""
+    import mlflow.pytorch
+
+    return mlflow.pytorch.load_model(model_uri)
+
+
+def git_commit(path: str | Path = ".") -> str:
+    """The current git commit of ``path`` (with ``-dirty`` when there are local changes)."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=path,
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha

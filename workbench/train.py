@@ -1,0 +1,172 @@
+"""One training run: a Lightning Trainer with early stopping and checkpointing, then a test pass.
+
+Knows nothing of Optuna or MLflow: the study passes extra callbacks (pruning) and an
+``on_epoch`` function (tracking) in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+
+from workbench import registry
+from workbench.spec import ExperimentSpec, TrainerSpec
+
+
+@dataclass
+class FitResult:
+    """What one run produced: the best checkpoint, its score, per-epoch history, test metrics."""
+
+    checkpoint: str
+    best_score: float
+    history: list[dict[str, float]]
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    confusion: np.ndarray | None = None
+
+    @property
+    def epochs(self) -> int:
+        return len(self.history)
+
+
+class EpochHistory(Callback):
+    """Collects every logged epoch-level metric once per epoch (one host sync per epoch)."""
+
+    def __init__(self, on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> None:
+        self.rows: list[dict[str, float]] = []
+        self.on_epoch = on_epoch
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Runs after the epoch's validation, so train/* and val/* are both here.
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if "/" in k}
+        metrics["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
+        self.rows.append({"epoch": trainer.current_epoch, **metrics})
+        if self.on_epoch is not None:
+            self.on_epoch(trainer.current_epoch, metrics)
+
+
+class FailOnNonFinite(Callback):
+    """Stop a run whose loss became NaN/inf instead of training on garbage."""
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loss = trainer.callback_metrics.get("train/loss")
+        if loss is not None and not torch.isfinite(loss):
+            raise FloatingPointError(f"train/loss became {float(loss)} at epoch {trainer.current_epoch}")
+
+
+def build_datamodule(spec: ExperimentSpec) -> pl.LightningDataModule:
+    """The spec's data module; its set-up (loading, splitting) happens once, on first use."""
+    options = dataclasses.asdict(spec.data)
+    name = options.pop("name")
+    if options["path"] is None:
+        options.pop("path")
+    return registry.build_data(name, seed=spec.seed, **options)
+
+
+def build_model(spec: ExperimentSpec, data: pl.LightningDataModule, **hparams: Any) -> pl.LightningModule:
+    """The spec's model, sized by the data, with the spec's fixed params and a trial's params."""
+    return registry.build_model(spec.model.name, **data.model_kwargs(), **{**spec.model.params, **hparams})
+
+
+def build_trainer(
+    spec: TrainerSpec,
+    monitor: str,
+    mode: str,
+    checkpoint_dir: str | Path,
+    callbacks: Sequence[Callback] = (),
+) -> tuple[pl.Trainer, ModelCheckpoint]:
+    """A Trainer with early stopping on ``monitor`` and a best-only checkpoint in ``checkpoint_dir``."""
+    checkpoint = ModelCheckpoint(
+        dirpath=str(checkpoint_dir), filename="best", monitor=monitor, mode=mode, save_top_k=1,
+        enable_version_counter=False,
+    )
+    trainer = pl.Trainer(
+        max_epochs=spec.max_epochs,
+        accelerator=spec.accelerator,
+        devices=spec.devices,
+        precision=spec.precision,
+        logger=False,  # tracking.py logs to MLflow, with statuses decided by the study
+        callbacks=[
+            EarlyStopping(monitor=monitor, mode=mode, patience=spec.patience),
+            checkpoint,
+            FailOnNonFinite(),
+            *callbacks,
+        ],
+        enable_progress_bar=spec.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=False,
+    )
+    return trainer, checkpoint
+
+
+def fit(
+    model: pl.LightningModule,
+    data: pl.LightningDataModule,
+    spec: TrainerSpec,
+    checkpoint_dir: str | Path,
+    monitor: str = "val/acc",
+    mode: str = "max",
+    callbacks: Sequence[Callback] = (),
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    test: bool = True,
+) -> FitResult:
+    """Train with early stopping, reload the best checkpoint, and evaluate it on the test split."""
+    history = EpochHistory(on_epoch)
+    trainer, checkpoint = build_trainer(spec, monitor, mode, checkpoint_dir, [history, *callbacks])
+    _run_interruptibly(trainer, lambda: trainer.fit(model, datamodule=data))
+    best_path = checkpoint.best_model_path
+    if not best_path:
+        raise RuntimeError(f"no checkpoint was written: is {monitor!r} logged by the model?")
+    load_checkpoint_weights(model, best_path)
+    result = FitResult(best_path, float(checkpoint.best_model_score), history.rows)
+    if test:
+        scores = _run_interruptibly(trainer, lambda: trainer.test(model, datamodule=data, verbose=False))
+        result.test_metrics = {k: float(v) for k, v in scores[0].items()}
+        if hasattr(model, "test_confusion"):
+            result.confusion = model.test_confusion.compute().cpu().numpy()
+            model.test_confusion.reset()
+    return result
+
+
+def load_checkpoint_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Load a Lightning checkpoint's weights safely (``weights_only=True``: no pickled code)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["state_dict"])
+
+
+def _run_interruptibly(trainer: pl.Trainer, call: Callable[[], Any]) -> Any:
+    """Run a Trainer entry point, turning Lightning's Ctrl-C handling back into KeyboardInterrupt.
+
+    On Ctrl-C Lightning shuts down, ignores SIGINT from then on and raises SystemExit(1). Optuna does
+    not catch SystemExit, so the trial would stay RUNNING forever and a notebook kernel would lose
+    Ctrl-C. Restoring the handler and re-raising KeyboardInterrupt lets the study record the trial.
+    """
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGINT) if in_main_thread else None
+    try:
+        return call()
+    except SystemExit as exc:
+        if trainer.interrupted:
+            raise KeyboardInterrupt("training interrupted") from exc
+        raise
+    finally:
+        if in_main_thread and handler is not None:
+            signal.signal(signal.SIGINT, handler)
+
+
+def load_module(path: str | Path, name: str) -> pl.LightningModule:
+    """Rebuild registered model ``name`` from a checkpoint's saved hyperparameters and weights."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    module = registry.build_model(name, **state["hyper_parameters"])
+    module.load_state_dict(state["state_dict"])
+    return module.eval()

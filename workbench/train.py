@@ -7,8 +7,10 @@ Knows nothing of Optuna or MLflow: the study passes extra callbacks (pruning) an
 from __future__ import annotations
 
 import dataclasses
+import logging
 import signal
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,12 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from workbench import registry
 from workbench.spec import ExperimentSpec, TrainerSpec
+
+# Lightning announces GPU/TPU availability and product tips at INFO for every Trainer: once per
+# trial that drowns the study's own progress lines. Warnings and errors still show.
+for _name in ("lightning.pytorch.utilities.rank_zero", "pytorch_lightning.utilities.rank_zero"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
 
 
 @dataclass

@@ -122,15 +122,16 @@ class ImageDataModule(pl.LightningDataModule):
             x, _, y, _ = train_test_split(
                 x, y, train_size=self.max_samples, stratify=y, random_state=self.seed
             )
+        # Split sizes as whole counts of the pool, so 10 % of 5,000 is exactly 500.
+        total = len(x)
         if fixed_test is None:
             x, x_test, y, y_test = train_test_split(
-                x, y, test_size=self.test_fraction, stratify=y, random_state=self.seed
+                x, y, test_size=round(self.test_fraction * total), stratify=y, random_state=self.seed
             )
         else:
             x_test, y_test = fixed_test
-        val_share = self.val_fraction / (1.0 - (self.test_fraction if fixed_test is None else 0.0))
         x_train, x_val, y_train, y_val = train_test_split(
-            x, y, test_size=val_share, stratify=y, random_state=self.seed
+            x, y, test_size=round(self.val_fraction * total), stratify=y, random_state=self.seed
         )
         self.mean_ = float(x_train.mean())
         self.std_ = float(x_train.std()) or 1.0

@@ -1,0 +1,43 @@
+# Daily commands. `make demo` and `make test` do all set-up themselves on a fresh clone.
+VENV    ?= .venv
+PYTHON  ?= python3
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-stamp
+TRIALS  ?=
+
+.PHONY: demo test test-all bench lint format ui lab clean-venv
+
+# The environment: a venv with the package and the exact versions in requirements.lock.
+# torch is pinned to 2.13.0, which this machine's pip takes as a CPU wheel from local disk.
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev,notebooks]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+demo: $(STAMP)  ## the main job: an Optuna study of the MNIST CNN, tracked in mlruns/
+	$(BIN)/workbench study experiments/mnist_cnn.yaml $(if $(TRIALS),--trials $(TRIALS))
+
+test: $(STAMP)  ## the whole test suite (tiny configs; slow tests included)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)  ## benchmarks; results go to docs/benchmarks.md by hand, with machine and date
+	$(BIN)/python bench/run_all.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check workbench tests bench
+	$(BIN)/ruff format --check workbench tests bench
+
+format: $(STAMP)
+	$(BIN)/ruff format workbench tests bench
+	$(BIN)/ruff check --fix workbench tests bench
+
+ui: $(STAMP)  ## MLflow UI on :5000 and optuna-dashboard on :8080, both on 127.0.0.1
+	$(BIN)/workbench ui --root mlruns
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --ip 127.0.0.1 notebooks/
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny, fast settings that still go through the real path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = REPO / "experiments"
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # LIME's per-image progress bars flood test logs
+
+
+def tiny(root: Path, **extra: object) -> list[str]:
+    """Overrides that shrink a spec to seconds: 300 images, 1 epoch, small explanations."""
+    settings = {
+        "tracking.root": str(root),
+        "trainer.max_epochs": 1,
+        "trainer.progress_bar": False,
+        "data.max_samples": 300,
+        "explain.n_images": 2,
+        "explain.background": 16,
+        "explain.shap_samples": 20,
+        "explain.lime_samples": 50,
+        **extra,
+    }
+    return [f"{key}={value}" for key, value in settings.items()]
+
+
+@pytest.fixture
+def store_root(tmp_path: Path) -> Path:
+    return tmp_path / "mlruns"

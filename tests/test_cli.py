@@ -1,0 +1,103 @@
+"""The `workbench` command as a user runs it: clear errors, Ctrl-C and resume, nothing lost."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import EXPERIMENTS, tiny
+
+WORKBENCH = [sys.executable, "-m", "workbench.cli"]
+
+
+def _run(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    return subprocess.run(WORKBENCH + args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=env)
+
+
+def _sets(overrides: list[str]) -> list[str]:
+    return [arg for item in overrides for arg in ("--set", item)]
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_bad_specs_fail_fast_naming_the_field_and_leave_the_store_intact(tmp_path: Path):
+    root = tmp_path / "mlruns"
+    done = _run(["study", str(EXPERIMENTS / "mnist_cnn.yaml"), "--trials", "1",
+                 *_sets(tiny(root, **{"explain.enabled": False}))], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    before = _digest(root)
+
+    raw = yaml.safe_load((EXPERIMENTS / "mnist_cnn.yaml").read_text())
+    raw["trainer"]["max_epohcs"] = 3
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    cases = [
+        (["study", str(bad)], "trainer.max_epohcs"),
+        (["study", str(EXPERIMENTS / "mnist_cnn.yaml"), "--set", "data.batch_size=big"], "data.batch_size"),
+        (["study", str(EXPERIMENTS / "mnist_cnn.yaml"), "--set", "study.sampler=annealing"], "study.sampler"),
+        (["study", str(EXPERIMENTS / "mnist_cnn.yaml"), "--set", "data.name=idx",
+          "--set", f"data.path={tmp_path / 'absent'}"], "absent"),
+        (["study", str(tmp_path / "missing.yaml")], "missing.yaml"),
+    ]
+    for args, field in cases:
+        started = time.perf_counter()
+        failed = _run([*args, "--set", f"tracking.root={root}"], tmp_path)
+        assert failed.returncode == 2, failed.stderr[-2000:]
+        assert field in failed.stderr and "Traceback" not in failed.stderr
+        assert time.perf_counter() - started < 60
+    assert _digest(root) == before, "a rejected spec changed the store"
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_trial_then_resume_keeps_completed_trials(tmp_path: Path):
+    root = tmp_path / "mlruns"
+    args = ["study", str(EXPERIMENTS / "mnist_cnn.yaml"), "--trials", "3",
+            *_sets(tiny(root, **{"trainer.max_epochs": 40, "trainer.patience": 40,
+                                 "data.max_samples": 2000, "study.pruner": "none",
+                                 "explain.enabled": False}))]
+    process = subprocess.Popen(WORKBENCH + args, cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    # Wait until the first trial is running and has logged an epoch, then press Ctrl-C.
+    database = root / "optuna.db"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        time.sleep(1)
+        if database.exists():
+            with sqlite3.connect(database) as connection:
+                rows = connection.execute("select count(*) from trial_intermediate_values").fetchone()
+            if rows[0] >= 2:
+                break
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output[-3000:]
+    assert "re-run to resume" in output
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    interrupted = [r for r in runs if r.data.tags.get("workbench.role") == "trial"]
+    assert [r.info.status for r in interrupted] == ["KILLED"]
+    assert interrupted[0].data.tags["workbench.end_reason"] == "interrupted (Ctrl-C)"
+
+    resumed = _run(args[:3] + ["1"] + args[4:] + ["--set", "trainer.max_epochs=1"], tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "1 complete" in resumed.stdout
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    statuses = sorted(r.info.status for r in runs if r.data.tags.get("workbench.role") == "trial")
+    assert statuses == ["FINISHED", "KILLED"]

@@ -1,0 +1,79 @@
+"""Every registered architecture: shapes, overfitting one batch, save/load, seeded determinism."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from workbench.registry import UnknownNameError, available_models, build_model
+from workbench.train import load_module
+
+SHAPES = {"cnn": {"input_shape": (1, 8, 8), "num_classes": 10}}
+
+
+def _batch(name: str, n: int = 32):
+    shape = SHAPES[name]
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(n, *shape["input_shape"], generator=generator)
+    targets = torch.randint(0, shape["num_classes"], (n,), generator=generator)
+    return inputs, targets
+
+
+def test_every_model_has_test_shapes():
+    assert set(available_models()) <= set(SHAPES), "add the new architecture to SHAPES"
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_output_shape(name: str):
+    model = build_model(name, **SHAPES[name]).eval()
+    inputs, _ = _batch(name, 5)
+    assert model(inputs).shape == (5, SHAPES[name]["num_classes"])
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_a_single_batch_overfits(name: str):
+    torch.manual_seed(0)
+    model = build_model(name, **SHAPES[name], dropout=0.0)
+    inputs, targets = _batch(name)
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(150):
+        optimiser.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(inputs), targets)
+        loss.backward()
+        optimiser.step()
+    model.eval()
+    accuracy = (model(inputs).argmax(1) == targets).float().mean().item()
+    assert loss.item() < 0.05 and accuracy == 1.0
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_checkpoint_round_trip_gives_identical_outputs(name: str, tmp_path: Path):
+    model = build_model(name, **SHAPES[name], width=8).eval()
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         max_epochs=0, accelerator="cpu")
+    trainer.strategy.connect(model)
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = load_module(path, name)
+    inputs, _ = _batch(name, 4)
+    assert loaded.hparams["width"] == 8
+    assert torch.equal(model(inputs), loaded(inputs))
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_same_seed_same_weights(name: str):
+    pl.seed_everything(3, verbose=False)
+    first = build_model(name, **SHAPES[name])
+    pl.seed_everything(3, verbose=False)
+    second = build_model(name, **SHAPES[name])
+    for a, b in zip(first.parameters(), second.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_unknown_model_lists_the_valid_ones():
+    with pytest.raises(UnknownNameError, match="valid: .*cnn"):
+        build_model("perceptron9000")

@@ -1,0 +1,132 @@
+"""The spine end to end: spec → data → model → Trainer → Optuna → MLflow, on real digits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import EXPERIMENTS, tiny
+from workbench import tracking
+from workbench.spec import load_spec
+from workbench.study import run_study
+from workbench.train import build_datamodule, load_module
+
+SPEC = EXPERIMENTS / "mnist_cnn.yaml"
+
+
+def _children(result) -> list:
+    client = MlflowClient(result.tracking_uri)
+    parent = client.get_run(result.parent_run_id)
+    return client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'"
+    )
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study") / "mlruns"
+    spec = load_spec(SPEC, tiny(root, **{"data.max_samples": 600, "trainer.max_epochs": 2}))
+    return spec, run_study(spec, trials=2)
+
+
+def test_study_runs_every_trial_into_a_nested_finished_run(finished):
+    spec, result = finished
+    assert (result.n_complete, result.n_pruned, result.n_failed) == (2, 0, 0)
+    client = MlflowClient(result.tracking_uri)
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags[tracking.ROLE] == "study" and parent.data.tags[tracking.STUDY] == spec.name
+    children = _children(result)
+    assert sorted(int(r.data.tags[tracking.TRIAL]) for r in children) == [0, 1]
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["data.fingerprint"] and run.data.tags["seed"] == "42"
+        assert run.data.tags["git_commit"]
+        assert {"lr", "width", "dropout", "weight_decay"} <= set(run.data.params)
+        # Real learning on 480 training digits in 2 epochs: far above chance (0.1).
+        assert 0.3 < run.data.metrics["test/acc"] <= 1.0
+        assert 0.0 < run.data.metrics["test/loss"] < 2.3
+        history = client.get_metric_history(run.info.run_id, "val/acc")
+        assert [m.step for m in history] == [0, 1]
+
+
+def test_trials_and_runs_agree(finished):
+    spec, result = finished
+    study = result.load_study()
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    run_ids = {r.info.run_id: r for r in _children(result)}
+    for trial in trials:
+        run = run_ids[trial.user_attrs["mlflow_run_id"]]
+        assert run.data.tags[tracking.TRIAL] == str(trial.number)
+        assert run.data.metrics["val/acc"] == pytest.approx(
+            max(m.value for m in MlflowClient(result.tracking_uri).get_metric_history(
+                run.info.run_id, "val/acc")))
+    assert result.best_value == pytest.approx(max(t.value for t in trials))
+
+
+def test_each_run_holds_its_plots_and_the_best_its_explanations(finished):
+    spec, result = finished
+    client = MlflowClient(result.tracking_uri)
+    for run in _children(result):
+        plots = {f.path for f in client.list_artifacts(run.info.run_id, "plots")}
+        assert plots == {"plots/learning_curves.png", "plots/confusion_matrix.png"}
+    explained = {f.path for f in client.list_artifacts(result.best_run_id, "explain")}
+    assert {"explain/shap.png", "explain/lime.png", "explain/shap_vs_lime.png",
+            "explain/attributions.npz"} <= explained
+    local = client.download_artifacts(result.best_run_id, "explain/attributions.npz")
+    arrays = np.load(local)
+    assert arrays["shap"].shape == arrays["lime"].shape == (2, 28, 28)
+    assert np.isfinite(arrays["shap"]).all() and np.abs(arrays["shap"]).sum() > 0
+    png = Path(client.download_artifacts(result.best_run_id, "explain/shap.png")).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000
+    summary = {f.path for f in client.list_artifacts(result.parent_run_id)}
+    assert {"trials.csv", "spec.json"} <= summary
+
+
+def test_best_model_is_registered_and_serves_the_same_predictions(finished):
+    spec, result = finished
+    client = MlflowClient(result.tracking_uri)
+    version = client.get_model_version_by_alias(result.registered_model, "champion")
+    assert int(version.version) == result.registered_version
+    assert version.run_id == result.best_run_id
+    network = tracking.load_model(f"models:/{result.registered_model}@champion")
+    data = build_datamodule(spec)
+    inputs = data.split("test")[0][:16]
+    trial = result.load_study().trials[result.best_trial]
+    module = load_module(trial.user_attrs["checkpoint"], "cnn")
+    with torch.no_grad():
+        assert torch.allclose(network(inputs), module(inputs), atol=1e-5)
+
+
+def test_resume_runs_only_the_missing_trials_in_the_same_parent(tmp_path: Path):
+    overrides = tiny(tmp_path / "mlruns", **{"explain.enabled": False})
+    first = run_study(SPEC, trials=1, overrides=overrides)
+    second = run_study(SPEC, trials=2, overrides=overrides)
+    assert second.parent_run_id == first.parent_run_id
+    assert second.n_complete == 2
+    assert len(_children(second)) == 2
+    third = run_study(SPEC, trials=2, overrides=overrides)  # already there: nothing to run
+    assert third.n_complete == 2 and len(_children(third)) == 2
+    # The registry keeps one version per best-model change, not one per invocation.
+    assert third.registered_version >= 1
+
+
+def test_pruned_trials_end_killed_not_failed(tmp_path: Path):
+    overrides = tiny(tmp_path / "mlruns", **{
+        "study.pruner": "threshold",
+        # val/acc can never reach 2.0: every trial is pruned at its first report.
+        "study.pruner_options": "{lower: 2.0}",
+        "explain.enabled": False,
+    })
+    result = run_study(SPEC, trials=2, overrides=overrides)
+    assert (result.n_complete, result.n_pruned) == (0, 2)
+    assert result.registered_model is None
+    children = _children(result)
+    assert [r.info.status for r in children] == ["KILLED", "KILLED"]
+    assert all("pruned" in r.data.tags["workbench.end_reason"] for r in children)

@@ -70,13 +70,14 @@ def test_ctrl_c_mid_trial_then_resume_keeps_completed_trials(tmp_path: Path):
     args = ["study", str(EXPERIMENTS / "mnist_cnn.yaml"), "--trials", "3",
             *_sets(tiny(root, **{"trainer.max_epochs": 40, "trainer.patience": 40,
                                  "data.max_samples": 2000, "study.pruner": "none",
+                                 "study.pruner_options": "{}",
                                  "explain.enabled": False}))]
     process = subprocess.Popen(WORKBENCH + args, cwd=tmp_path, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
     # Wait until the first trial is running and has logged an epoch, then press Ctrl-C.
     database = root / "optuna.db"
     deadline = time.time() + 180
-    while time.time() < deadline:
+    while time.time() < deadline and process.poll() is None:
         time.sleep(1)
         if database.exists():
             with sqlite3.connect(database) as connection:

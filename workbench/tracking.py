@@ -165,6 +165,18 @@ def load_model(model_uri: str):
     return mlflow.pytorch.load_model(model_uri)
 
 
+def run_history(tracking_uri: str, run_id: str) -> list[dict[str, float]]:
+    """A run's per-epoch metrics as rows ``{"epoch": e, "val/acc": ..., ...}`` (for plotting)."""
+    client = MlflowClient(tracking_uri)
+    rows: dict[int, dict[str, float]] = {}
+    epochs = {m.step for m in client.get_metric_history(run_id, "train/loss")}
+    for key in client.get_run(run_id).data.metrics:
+        for metric in client.get_metric_history(run_id, key):
+            if metric.step in epochs:
+                rows.setdefault(metric.step, {"epoch": metric.step})[key] = metric.value
+    return [rows[e] for e in sorted(rows)]
+
+
 def git_commit(path: str | Path = ".") -> str:
     """The current git commit of ``path`` (with ``-dirty`` when there are local changes)."""
     try:

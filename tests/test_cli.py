@@ -22,8 +22,9 @@ WORKBENCH = [sys.executable, "-m", "workbench.cli"]
 
 def _run(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    return subprocess.run(WORKBENCH + args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=env)
+    return subprocess.run(
+        WORKBENCH + args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def _sets(overrides: list[str]) -> list[str]:
@@ -31,15 +32,26 @@ def _sets(overrides: list[str]) -> list[str]:
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.slow
 def test_bad_specs_fail_fast_naming_the_field_and_leave_the_store_intact(tmp_path: Path):
     root = tmp_path / "mlruns"
-    done = _run(["study", str(EXPERIMENTS / "mnist_cnn.yaml"), "--trials", "1",
-                 *_sets(tiny(root, **{"explain.enabled": False}))], tmp_path)
+    done = _run(
+        [
+            "study",
+            str(EXPERIMENTS / "mnist_cnn.yaml"),
+            "--trials",
+            "1",
+            *_sets(tiny(root, **{"explain.enabled": False})),
+        ],
+        tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     before = _digest(root)
 
@@ -49,10 +61,25 @@ def test_bad_specs_fail_fast_naming_the_field_and_leave_the_store_intact(tmp_pat
     bad.write_text(yaml.safe_dump(raw))
     cases = [
         (["study", str(bad)], "trainer.max_epohcs"),
-        (["study", str(EXPERIMENTS / "mnist_cnn.yaml"), "--set", "data.batch_size=big"], "data.batch_size"),
-        (["study", str(EXPERIMENTS / "mnist_cnn.yaml"), "--set", "study.sampler=annealing"], "study.sampler"),
-        (["study", str(EXPERIMENTS / "mnist_cnn.yaml"), "--set", "data.name=idx",
-          "--set", f"data.path={tmp_path / 'absent'}"], "absent"),
+        (
+            ["study", str(EXPERIMENTS / "mnist_cnn.yaml"), "--set", "data.batch_size=big"],
+            "data.batch_size",
+        ),
+        (
+            ["study", str(EXPERIMENTS / "mnist_cnn.yaml"), "--set", "study.sampler=annealing"],
+            "study.sampler",
+        ),
+        (
+            [
+                "study",
+                str(EXPERIMENTS / "mnist_cnn.yaml"),
+                "--set",
+                "data.name=idx",
+                "--set",
+                f"data.path={tmp_path / 'absent'}",
+            ],
+            "absent",
+        ),
         (["study", str(tmp_path / "missing.yaml")], "missing.yaml"),
     ]
     for args, field in cases:
@@ -67,13 +94,33 @@ def test_bad_specs_fail_fast_naming_the_field_and_leave_the_store_intact(tmp_pat
 @pytest.mark.slow
 def test_ctrl_c_mid_trial_then_resume_keeps_completed_trials(tmp_path: Path):
     root = tmp_path / "mlruns"
-    args = ["study", str(EXPERIMENTS / "mnist_cnn.yaml"), "--trials", "3",
-            *_sets(tiny(root, **{"trainer.max_epochs": 40, "trainer.patience": 40,
-                                 "data.max_samples": 2000, "study.pruner": "none",
-                                 "study.pruner_options": "{}",
-                                 "explain.enabled": False}))]
-    process = subprocess.Popen(WORKBENCH + args, cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    args = [
+        "study",
+        str(EXPERIMENTS / "mnist_cnn.yaml"),
+        "--trials",
+        "3",
+        *_sets(
+            tiny(
+                root,
+                **{
+                    "trainer.max_epochs": 40,
+                    "trainer.patience": 40,
+                    "data.max_samples": 2000,
+                    "study.pruner": "none",
+                    "study.pruner_options": "{}",
+                    "explain.enabled": False,
+                },
+            )
+        ),
+    ]
+    process = subprocess.Popen(
+        WORKBENCH + args,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "TQDM_DISABLE": "1"},
+    )
     # Wait until the first trial is running and has logged an epoch, then press Ctrl-C.
     database = root / "optuna.db"
     deadline = time.time() + 180
@@ -81,7 +128,9 @@ def test_ctrl_c_mid_trial_then_resume_keeps_completed_trials(tmp_path: Path):
         time.sleep(1)
         if database.exists():
             with sqlite3.connect(database) as connection:
-                rows = connection.execute("select count(*) from trial_intermediate_values").fetchone()
+                rows = connection.execute(
+                    "select count(*) from trial_intermediate_values"
+                ).fetchone()
             if rows[0] >= 2:
                 break
     process.send_signal(signal.SIGINT)

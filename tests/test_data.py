@@ -19,7 +19,9 @@ def test_mnist_subset_splits_are_stratified_disjoint_and_seeded():
     sizes = {name: len(data.split(name)[1]) for name in ("train", "val", "test")}
     assert sizes == {"train": 4000, "val": 500, "test": 500}
     for name in ("val", "test"):
-        assert np.bincount(data.split(name)[1].numpy()).tolist() == [50] * 10  # 10 % of 500 per digit
+        assert (
+            np.bincount(data.split(name)[1].numpy()).tolist() == [50] * 10
+        )  # 10 % of 500 per digit
     train = {row.numpy().tobytes() for row in data.split("train")[0][:, 0]}
     assert not any(row.numpy().tobytes() in train for row in data.split("test")[0][:, 0])
     again = build_data("mnist_subset", seed=0)
@@ -55,7 +57,9 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
         path.write_bytes(payload)
 
 
-def _write_mnist_dir(root: Path, n_train: int = 200, n_test: int = 50) -> tuple[np.ndarray, np.ndarray]:
+def _write_mnist_dir(
+    root: Path, n_train: int = 200, n_test: int = 50
+) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     x_train = rng.integers(0, 256, (n_train, 28, 28))
     y_train = np.arange(n_train) % 10

@@ -67,8 +67,9 @@ def test_lime_is_reproducible_with_a_seed():
 def test_explain_images_on_a_cnn_returns_plottable_explanations():
     data = build_data("digits", seed=0)
     model = build_model("cnn", **data.model_kwargs(), width=8).eval()
-    shap_exp, lime_exp = explain_images(model.net, data, n_images=3, background=10, shap_samples=20,
-                                        lime_samples=50)
+    shap_exp, lime_exp = explain_images(
+        model.net, data, n_images=3, background=10, shap_samples=20, lime_samples=50
+    )
     for explanation in (shap_exp, lime_exp):
         assert explanation.attributions.shape == explanation.pixels.shape == (3, 8, 8)
         assert explanation.probabilities.shape == (3, 10)

@@ -53,8 +53,13 @@ def test_a_single_batch_overfits(name: str):
 @pytest.mark.parametrize("name", available_models())
 def test_checkpoint_round_trip_gives_identical_outputs(name: str, tmp_path: Path):
     model = build_model(name, **SHAPES[name], width=8).eval()
-    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         max_epochs=0, accelerator="cpu")
+    trainer = pl.Trainer(
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        max_epochs=0,
+        accelerator="cpu",
+    )
     trainer.strategy.connect(model)
     path = tmp_path / "m.ckpt"
     trainer.save_checkpoint(path)

@@ -30,7 +30,8 @@ def test_quickstart_runs_in_smoke_mode(tmp_path: Path):
     root = tmp_path / "mlruns"
     out = tmp_path / "out.ipynb"
     papermill.execute_notebook(
-        str(REPO / "notebooks" / "01_quickstart.ipynb"), str(out),
+        str(REPO / "notebooks" / "01_quickstart.ipynb"),
+        str(out),
         parameters={
             "spec_path": str(EXPERIMENTS / "mnist_cnn.yaml"),
             "root": str(root),
@@ -38,7 +39,9 @@ def test_quickstart_runs_in_smoke_mode(tmp_path: Path):
             "overrides": tiny(root)[1:],
             "n_images": 2,
         },
-        cwd=str(tmp_path), progress_bar=False, kernel_name="python3",
+        cwd=str(tmp_path),
+        progress_bar=False,
+        kernel_name="python3",
     )
     cells = json.loads(out.read_text())["cells"]
     images = [o for c in cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]

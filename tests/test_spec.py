@@ -27,9 +27,15 @@ def test_every_checked_in_spec_loads(path: Path):
 
 
 def test_overrides_set_nested_fields_with_yaml_types():
-    spec = load_spec(EXPERIMENTS / "mnist_cnn.yaml",
-                     ["trainer.max_epochs=1", "model.params.width=8", "data.augment=false",
-                      "search_space.lr.high=1e-2"])
+    spec = load_spec(
+        EXPERIMENTS / "mnist_cnn.yaml",
+        [
+            "trainer.max_epochs=1",
+            "model.params.width=8",
+            "data.augment=false",
+            "search_space.lr.high=1e-2",
+        ],
+    )
     assert spec.trainer.max_epochs == 1
     assert spec.model.params["width"] == 8
     assert spec.data.augment is False
@@ -84,6 +90,8 @@ def test_override_needs_key_value():
 
 
 def test_defaults_fill_missing_sections(tmp_path: Path):
-    spec = load_spec(_write(tmp_path, {"search_space": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2}}}))
+    spec = load_spec(
+        _write(tmp_path, {"search_space": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2}}})
+    )
     assert spec.model.name == "cnn" and spec.data.name == "mnist_subset"
     assert spec.tracking.root == "mlruns"

@@ -23,7 +23,8 @@ def _children(result) -> list:
     client = MlflowClient(result.tracking_uri)
     parent = client.get_run(result.parent_run_id)
     return client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'"
+        [parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'",
     )
 
 
@@ -40,7 +41,9 @@ def test_study_runs_every_trial_into_a_nested_finished_run(finished):
     client = MlflowClient(result.tracking_uri)
     parent = client.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED"
-    assert parent.data.tags[tracking.ROLE] == "study" and parent.data.tags[tracking.STUDY] == spec.name
+    assert (
+        parent.data.tags[tracking.ROLE] == "study" and parent.data.tags[tracking.STUDY] == spec.name
+    )
     children = _children(result)
     assert sorted(int(r.data.tags[tracking.TRIAL]) for r in children) == [0, 1]
     for run in children:
@@ -77,8 +80,12 @@ def test_each_run_holds_its_plots_and_the_best_its_explanations(finished):
         plots = {f.path for f in client.list_artifacts(run.info.run_id, "plots")}
         assert plots == {"plots/learning_curves.png", "plots/confusion_matrix.png"}
     explained = {f.path for f in client.list_artifacts(result.best_run_id, "explain")}
-    assert {"explain/shap.png", "explain/lime.png", "explain/shap_vs_lime.png",
-            "explain/attributions.npz"} <= explained
+    assert {
+        "explain/shap.png",
+        "explain/lime.png",
+        "explain/shap_vs_lime.png",
+        "explain/attributions.npz",
+    } <= explained
     local = client.download_artifacts(result.best_run_id, "explain/attributions.npz")
     arrays = np.load(local)
     assert arrays["shap"].shape == arrays["lime"].shape == (2, 28, 28)
@@ -118,12 +125,15 @@ def test_resume_runs_only_the_missing_trials_in_the_same_parent(tmp_path: Path):
 
 
 def test_pruned_trials_end_killed_not_failed(tmp_path: Path):
-    overrides = tiny(tmp_path / "mlruns", **{
-        "study.pruner": "threshold",
-        # val/acc can never reach 2.0: every trial is pruned at its first report.
-        "study.pruner_options": "{lower: 2.0}",
-        "explain.enabled": False,
-    })
+    overrides = tiny(
+        tmp_path / "mlruns",
+        **{
+            "study.pruner": "threshold",
+            # val/acc can never reach 2.0: every trial is pruned at its first report.
+            "study.pruner_options": "{lower: 2.0}",
+            "explain.enabled": False,
+        },
+    )
     result = run_study(SPEC, trials=2, overrides=overrides)
     assert (result.n_complete, result.n_pruned) == (0, 2)
     assert result.registered_model is None

@@ -28,7 +28,9 @@ def _get_json(url: str, deadline: float, data: bytes | None = None) -> dict:
     last: Exception | None = None
     while time.time() < deadline:
         try:
-            request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+            request = urllib.request.Request(
+                url, data=data, headers={"Content-Type": "application/json"}
+            )
             with urllib.request.urlopen(request, timeout=5) as response:
                 return json.loads(response.read())
         except Exception as exc:  # server still starting
@@ -40,13 +42,27 @@ def _get_json(url: str, deadline: float, data: bytes | None = None) -> dict:
 @pytest.mark.slow
 def test_ui_serves_mlflow_and_optuna_dashboard_on_loopback(tmp_path: Path):
     root = tmp_path / "mlruns"
-    result = run_study(EXPERIMENTS / "mnist_cnn.yaml", trials=1,
-                       overrides=tiny(root, **{"explain.enabled": False}))
+    result = run_study(
+        EXPERIMENTS / "mnist_cnn.yaml", trials=1, overrides=tiny(root, **{"explain.enabled": False})
+    )
     mlflow_port, dashboard_port = _free_port(), _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "workbench.cli", "ui", "--root", str(root),
-         "--mlflow-port", str(mlflow_port), "--dashboard-port", str(dashboard_port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "workbench.cli",
+            "ui",
+            "--root",
+            str(root),
+            "--mlflow-port",
+            str(mlflow_port),
+            "--dashboard-port",
+            str(dashboard_port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     try:
         deadline = time.time() + 90
@@ -56,7 +72,8 @@ def test_ui_serves_mlflow_and_optuna_dashboard_on_loopback(tmp_path: Path):
         detail = _get_json(f"http://127.0.0.1:{dashboard_port}/api/studies/{study_id}", deadline)
         assert [t["state"] for t in detail["trials"]] == ["Complete"]
         runs = _get_json(
-            f"http://127.0.0.1:{mlflow_port}/api/2.0/mlflow/runs/search", deadline,
+            f"http://127.0.0.1:{mlflow_port}/api/2.0/mlflow/runs/search",
+            deadline,
             json.dumps({"experiment_ids": ["1"], "max_results": 100}).encode(),
         )
         tags = [{t["key"]: t["value"] for t in r["data"]["tags"]} for r in runs["runs"]]
@@ -64,7 +81,10 @@ def test_ui_serves_mlflow_and_optuna_dashboard_on_loopback(tmp_path: Path):
         # Bound to loopback only: the machine's other addresses refuse the connection.
         outside = socket.gethostbyname(socket.gethostname())
         if not outside.startswith("127."):
-            with pytest.raises(OSError), socket.create_connection((outside, mlflow_port), timeout=2):
+            with (
+                pytest.raises(OSError),
+                socket.create_connection((outside, mlflow_port), timeout=2),
+            ):
                 pass
     finally:
         os.killpg(server.pid, signal.SIGINT)

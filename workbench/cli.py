@@ -1,4 +1,4 @@
-"""The ``workbench`` command: ``study`` runs or resumes a spec's study, ``ui`` serves both dashboards.
+"""The ``workbench`` command: ``study`` runs or resumes a spec's study; ``ui`` serves both UIs.
 
 Arguments are parsed before anything heavy is imported, so ``workbench --help`` answers at once and
 a bad spec fails in about a second.
@@ -19,9 +19,17 @@ def main(argv: list[str] | None = None) -> int:
 
     study = commands.add_parser("study", help="run (or resume) the Optuna study a spec defines")
     study.add_argument("spec", help="experiment spec, e.g. experiments/mnist_cnn.yaml")
-    study.add_argument("--trials", type=int, help="total finished trials to reach (default: the spec's)")
-    study.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a spec field, e.g. --set trainer.max_epochs=1 (repeatable)")
+    study.add_argument(
+        "--trials", type=int, help="total finished trials to reach (default: the spec's)"
+    )
+    study.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec field, e.g. --set trainer.max_epochs=1 (repeatable)",
+    )
 
     ui = commands.add_parser("ui", help="serve the MLflow UI and optuna-dashboard over one mlruns/")
     ui.add_argument("--root", default="mlruns", help="the workbench store (default: mlruns)")
@@ -51,13 +59,23 @@ def _study(args: argparse.Namespace) -> int:
         return 130
     root = Path(spec.tracking.root)
     print()
-    print(f"study {result.study_name!r}: {result.n_complete} complete, {result.n_pruned} pruned, "
-          f"{result.n_failed} failed")
+    print(
+        f"study {result.study_name!r}: {result.n_complete} complete, {result.n_pruned} pruned, "
+        f"{result.n_failed} failed"
+    )
     if result.best_trial is not None:
-        print(f"best trial {result.best_trial}: {spec.study.metric} = {result.best_value:.4f}, "
-              f"params {result.best_params}")
-        print("best test metrics: " + ", ".join(f"{k} = {v:.4f}" for k, v in sorted(result.test_metrics.items())))
-        print(f"registered model: models:/{result.registered_model}@champion (version {result.registered_version})")
+        print(
+            f"best trial {result.best_trial}: {spec.study.metric} = {result.best_value:.4f}, "
+            f"params {result.best_params}"
+        )
+        print(
+            "best test metrics: "
+            + ", ".join(f"{k} = {v:.4f}" for k, v in sorted(result.test_metrics.items()))
+        )
+        print(
+            f"registered model: models:/{result.registered_model}@champion "
+            f"(version {result.registered_version})"
+        )
     print(f"MLflow UI:        mlflow ui --backend-store-uri {result.tracking_uri} --host 127.0.0.1")
     print(f"optuna-dashboard: optuna-dashboard {result.storage_url} --host 127.0.0.1")
     print(f"both at once:     workbench ui --root {root}")
@@ -86,19 +104,33 @@ def _ui(args: argparse.Namespace) -> int:
     return 0
 
 
-def ui_commands(root: Path, host: str, mlflow_port: int, dashboard_port: int) -> dict[str, list[str]]:
+def ui_commands(
+    root: Path, host: str, mlflow_port: int, dashboard_port: int
+) -> dict[str, list[str]]:
     """The two server command lines over one store; both bind ``host`` (loopback by default)."""
     bin_dir = Path(sys.executable).parent
     return {
         "mlflow": [
-            str(bin_dir / "mlflow"), "ui",
-            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-            "--default-artifact-root", (root / "artifacts").as_uri(),
-            "--host", host, "--port", str(mlflow_port), "--workers", "1",
+            str(bin_dir / "mlflow"),
+            "ui",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--default-artifact-root",
+            (root / "artifacts").as_uri(),
+            "--host",
+            host,
+            "--port",
+            str(mlflow_port),
+            "--workers",
+            "1",
         ],
         "optuna-dashboard": [
-            str(bin_dir / "optuna-dashboard"), f"sqlite:///{root / 'optuna.db'}",
-            "--host", host, "--port", str(dashboard_port),
+            str(bin_dir / "optuna-dashboard"),
+            f"sqlite:///{root / 'optuna.db'}",
+            "--host",
+            host,
+            "--port",
+            str(dashboard_port),
         ],
     }
 

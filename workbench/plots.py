@@ -21,7 +21,9 @@ def _axes(ax: Axes | None, ncols: int = 1, size: tuple[float, float] = (5, 4)):
     return figure, axes
 
 
-def learning_curves(history: Sequence[dict[str, float]], axes: Sequence[Axes] | None = None) -> Figure:
+def learning_curves(
+    history: Sequence[dict[str, float]], axes: Sequence[Axes] | None = None
+) -> Figure:
     """Loss and every other metric logged for both train and val, per epoch."""
     metrics = sorted({k.split("/", 1)[1] for row in history for k in row if k.startswith("val/")})
     metrics = ["loss"] + [m for m in metrics if m != "loss"]
@@ -44,7 +46,9 @@ def learning_curves(history: Sequence[dict[str, float]], axes: Sequence[Axes] | 
     return figure
 
 
-def confusion_matrix(matrix: np.ndarray, ax: Axes | None = None, labels: Sequence[str] | None = None) -> Figure:
+def confusion_matrix(
+    matrix: np.ndarray, ax: Axes | None = None, labels: Sequence[str] | None = None
+) -> Figure:
     """Counts of true (rows) against predicted (columns) classes."""
     from sklearn.metrics import ConfusionMatrixDisplay
 

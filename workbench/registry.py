@@ -70,7 +70,9 @@ def model_class(name: str) -> type:
     """The LightningModule class registered as ``name``; a wrong name lists the valid ones."""
     _import_all(_MODEL_MODULES)
     if name not in _MODELS:
-        raise UnknownNameError(f"model.name: unknown architecture {name!r}; valid: {', '.join(sorted(_MODELS))}")
+        raise UnknownNameError(
+            f"model.name: unknown architecture {name!r}; valid: {', '.join(sorted(_MODELS))}"
+        )
     return _MODELS[name]
 
 
@@ -78,12 +80,14 @@ def data_factory(name: str) -> Callable[..., Any]:
     """The data-module factory registered as ``name``; a wrong name lists the valid ones."""
     _import_all(_DATA_MODULES)
     if name not in _DATA:
-        raise UnknownNameError(f"data.name: unknown data family {name!r}; valid: {', '.join(sorted(_DATA))}")
+        raise UnknownNameError(
+            f"data.name: unknown data family {name!r}; valid: {', '.join(sorted(_DATA))}"
+        )
     return _DATA[name]
 
 
 def model_arguments(name: str) -> set[str]:
-    """Hyperparameters a spec may set for ``name`` (constructor arguments the data does not supply)."""
+    """Hyperparameters a spec may set for ``name``: constructor arguments the data does not fix."""
     params = inspect.signature(model_class(name).__init__).parameters
     return {p for p in params if p != "self"} - DATA_PROVIDED_ARGS
 

@@ -252,7 +252,9 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
                 return _convert(option, value, where)
             except SpecError as exc:
                 errors.append(str(exc))
-        raise SpecError(errors[0] if len(errors) == 1 else f"{where}: got {value!r}, expected {hint}")
+        raise SpecError(
+            errors[0] if len(errors) == 1 else f"{where}: got {value!r}, expected {hint}"
+        )
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, where)
     if origin is dict:
@@ -291,17 +293,24 @@ def _check_against_registry(spec: ExperimentSpec) -> None:
     registry.data_factory(spec.data.name)  # raises naming the valid ones
     valid = registry.model_arguments(spec.model.name)
     for key in spec.model.params:
-        _require(key in valid, f"model.params.{key}", f"not an argument of {spec.model.name!r}; "
-                 f"valid: {', '.join(sorted(valid))}")
+        _require(
+            key in valid,
+            f"model.params.{key}",
+            f"not an argument of {spec.model.name!r}; valid: {', '.join(sorted(valid))}",
+        )
     for key in spec.search_space:
         if "." in key:
             section, _, name = key.partition(".")
             part = getattr(spec, section, None)
             _require(
-                dataclasses.is_dataclass(part) and name in {f.name for f in dataclasses.fields(part)},
+                dataclasses.is_dataclass(part)
+                and name in {f.name for f in dataclasses.fields(part)},
                 f"search_space.{key}",
                 "dotted keys must name a spec field such as data.batch_size",
             )
         else:
-            _require(key in valid, f"search_space.{key}", f"not an argument of "
-                     f"{spec.model.name!r}; valid: {', '.join(sorted(valid))}")
+            _require(
+                key in valid,
+                f"search_space.{key}",
+                f"not an argument of {spec.model.name!r}; valid: {', '.join(sorted(valid))}",
+            )

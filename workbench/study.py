@@ -128,7 +128,9 @@ def sample_params(space: dict[str, ParamSpec], trial: optuna.Trial) -> dict[str,
         if p.type == "categorical":
             values[key] = trial.suggest_categorical(key, p.choices)
         elif p.type == "int":
-            values[key] = trial.suggest_int(key, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+            values[key] = trial.suggest_int(
+                key, int(p.low), int(p.high), step=int(p.step or 1), log=p.log
+            )
         else:
             values[key] = trial.suggest_float(key, p.low, p.high, step=p.step, log=p.log)
     return values
@@ -166,7 +168,9 @@ def run_study(
         direction=spec.study.direction,
         load_if_exists=True,
     )
-    store = tracking.open_store(spec.tracking.root, spec.tracking.experiment, spec.tracking.mlflow_uri)
+    store = tracking.open_store(
+        spec.tracking.root, spec.tracking.experiment, spec.tracking.mlflow_uri
+    )
     parent = _open_study_run(store, spec, data)
     optuna.storages.fail_stale_trials(study)
     _repair_orphan_runs(store, study, parent)
@@ -179,7 +183,9 @@ def run_study(
             study.optimize(
                 _Objective(spec, data, store, parent),
                 n_trials=remaining,
-                catch=(FloatingPointError,),  # a diverged trial is recorded FAILED; the study goes on
+                catch=(
+                    FloatingPointError,
+                ),  # a diverged trial is recorded FAILED; the study goes on
                 gc_after_trial=True,
                 callbacks=[_report_trial],
             )
@@ -194,15 +200,22 @@ def run_study(
 
 def _report_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     value = f"{trial.value:.4f}" if trial.value is not None else "-"
-    best = f"{study.best_value:.4f}" if any(
-        t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False)
-    ) else "-"
-    print(f"trial {trial.number:3d} {trial.state.name:8s} value={value} best={best} "
-          f"params={trial.params}", flush=True)
+    best = (
+        f"{study.best_value:.4f}"
+        if any(
+            t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False)
+        )
+        else "-"
+    )
+    print(
+        f"trial {trial.number:3d} {trial.state.name:8s} value={value} best={best} "
+        f"params={trial.params}",
+        flush=True,
+    )
 
 
 class _Objective:
-    """One trial: sample, build, fit inside an MLflow child run, close the run with the right status."""
+    """One trial: sample, build, fit inside an MLflow child run, close it with the right status."""
 
     def __init__(self, spec: ExperimentSpec, data, store: tracking.Store, parent: str) -> None:
         self.spec, self.data, self.store, self.parent = spec, data, store, parent
@@ -221,23 +234,35 @@ class _Objective:
 
         store = self.store
         run_id = tracking.start_run(
-            store, f"trial-{trial.number}", _run_tags(spec, data, study_role="trial", trial=trial.number),
+            store,
+            f"trial-{trial.number}",
+            _run_tags(spec, data, study_role="trial", trial=trial.number),
             parent=self.parent,
         )
         trial.set_user_attr("mlflow_run_id", run_id)
         pl.seed_everything(spec.seed, verbose=False)
         model = build_model(spec, data, **model_params)
-        tracking.log_params(store, run_id, {
-            **dict(model.hparams), **{k: v for k, v in params.items() if "." in k},
-            "data.batch_size": data.batch_size, "data.augment": spec.data.augment,
-            "trainer.max_epochs": spec.trainer.max_epochs,
-        })
+        tracking.log_params(
+            store,
+            run_id,
+            {
+                **dict(model.hparams),
+                **{k: v for k, v in params.items() if "." in k},
+                "data.batch_size": data.batch_size,
+                "data.augment": spec.data.augment,
+                "trainer.max_epochs": spec.trainer.max_epochs,
+            },
+        )
         started = time.perf_counter()
         checkpoint_dir = store.root / "checkpoints" / spec.name / f"trial-{trial.number}"
         try:
             result = fit(
-                model, data, spec.trainer, checkpoint_dir,
-                monitor=spec.study.metric, mode=_mode(spec),
+                model,
+                data,
+                spec.trainer,
+                checkpoint_dir,
+                monitor=spec.study.metric,
+                mode=_mode(spec),
                 callbacks=[PyTorchLightningPruningCallback(trial, monitor=spec.study.metric)],
                 on_epoch=lambda epoch, metrics: tracking.log_metrics(store, run_id, metrics, epoch),
             )
@@ -252,18 +277,33 @@ class _Objective:
             raise
         fit_s = time.perf_counter() - started
         try:
-            tracking.log_metrics(store, run_id, {
-                **result.test_metrics, "time/fit_s": fit_s, "epochs": result.epochs,
-                "params/count": sum(p.numel() for p in model.parameters()),
-            }, step=result.epochs)
-            tracking.log_figure(store, run_id, plots.learning_curves(result.history), "plots/learning_curves.png")
+            tracking.log_metrics(
+                store,
+                run_id,
+                {
+                    **result.test_metrics,
+                    "time/fit_s": fit_s,
+                    "epochs": result.epochs,
+                    "params/count": sum(p.numel() for p in model.parameters()),
+                },
+                step=result.epochs,
+            )
+            tracking.log_figure(
+                store, run_id, plots.learning_curves(result.history), "plots/learning_curves.png"
+            )
             if result.confusion is not None:
-                tracking.log_figure(store, run_id, plots.confusion_matrix(result.confusion),
-                                    "plots/confusion_matrix.png")
+                tracking.log_figure(
+                    store,
+                    run_id,
+                    plots.confusion_matrix(result.confusion),
+                    "plots/confusion_matrix.png",
+                )
             example = data.split("test")[0][:2].numpy()
             model_uri = tracking.log_model(store, run_id, model.net, example)
         except BaseException as exc:
-            tracking.end_run(store, run_id, "FAILED", f"logging failed: {type(exc).__name__}: {exc}")
+            tracking.end_run(
+                store, run_id, "FAILED", f"logging failed: {type(exc).__name__}: {exc}"
+            )
             raise
         trial.set_user_attr("checkpoint", result.checkpoint)
         trial.set_user_attr("model_uri", model_uri)
@@ -300,7 +340,9 @@ def _data_for_trial(data, base: ExperimentSpec, spec: ExperimentSpec):
     return build_datamodule(spec)
 
 
-def _run_tags(spec: ExperimentSpec, data, study_role: str, trial: int | None = None) -> dict[str, str]:
+def _run_tags(
+    spec: ExperimentSpec, data, study_role: str, trial: int | None = None
+) -> dict[str, str]:
     tags = {
         tracking.ROLE: study_role,
         tracking.STUDY: spec.name,
@@ -357,21 +399,32 @@ def _repair_orphan_runs(store: tracking.Store, study: optuna.Study, parent: str)
     return repaired
 
 
-def _finish_study(spec, study: optuna.Study, store: tracking.Store, parent: str, data) -> StudyResult:
+def _finish_study(
+    spec, study: optuna.Study, store: tracking.Store, parent: str, data
+) -> StudyResult:
     """Register the best model, log the study summary to the parent run, explain the best model."""
     from workbench import plots
 
     trials = study.get_trials(deepcopy=False)
     count = {s: sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
     result = StudyResult(
-        study_name=spec.name, storage_url=storage_url(spec), tracking_uri=store.tracking_uri,
-        parent_run_id=parent, n_complete=count[optuna.trial.TrialState.COMPLETE],
-        n_pruned=count[optuna.trial.TrialState.PRUNED], n_failed=count[optuna.trial.TrialState.FAIL],
+        study_name=spec.name,
+        storage_url=storage_url(spec),
+        tracking_uri=store.tracking_uri,
+        parent_run_id=parent,
+        n_complete=count[optuna.trial.TrialState.COMPLETE],
+        n_pruned=count[optuna.trial.TrialState.PRUNED],
+        n_failed=count[optuna.trial.TrialState.FAIL],
     )
-    tracking.log_metrics(store, parent, {
-        "trials/complete": result.n_complete, "trials/pruned": result.n_pruned,
-        "trials/failed": result.n_failed,
-    })
+    tracking.log_metrics(
+        store,
+        parent,
+        {
+            "trials/complete": result.n_complete,
+            "trials/pruned": result.n_pruned,
+            "trials/failed": result.n_failed,
+        },
+    )
     if result.n_complete == 0:
         return result
     best = study.best_trial
@@ -384,11 +437,17 @@ def _finish_study(spec, study: optuna.Study, store: tracking.Store, parent: str,
         store, result.model_uri, result.registered_model, result.best_run_id
     )
     tracking.set_tags(store, parent, {"best_trial": best.number, "best_run_id": result.best_run_id})
-    tracking.log_metrics(store, parent, {
-        f"best/{spec.study.metric.replace('/', '_')}": best.value,
-        **{f"best/{k.replace('/', '_')}": v for k, v in result.test_metrics.items()},
-    })
-    tracking.log_figure(store, parent, plots.optimization_history(study), "plots/optimization_history.png")
+    tracking.log_metrics(
+        store,
+        parent,
+        {
+            f"best/{spec.study.metric.replace('/', '_')}": best.value,
+            **{f"best/{k.replace('/', '_')}": v for k, v in result.test_metrics.items()},
+        },
+    )
+    tracking.log_figure(
+        store, parent, plots.optimization_history(study), "plots/optimization_history.png"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "trials.csv"
         study.trials_dataframe().to_csv(path, index=False)

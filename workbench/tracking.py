@@ -36,7 +36,7 @@ class Store:
 
 
 def open_store(root: str | Path, experiment: str, tracking_uri: str | None = None) -> Store:
-    """Point MLflow at ``sqlite:///<root>/mlflow.db`` (or ``tracking_uri``) and ensure the experiment."""
+    """Point MLflow at ``sqlite:///<root>/mlflow.db`` or ``tracking_uri``; ensure the experiment."""
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri or f"sqlite:///{root / 'mlflow.db'}"
@@ -98,7 +98,9 @@ def log_metrics(store: Store, run_id: str, metrics: dict[str, float], step: int 
     import time
 
     now = int(time.time() * 1000)
-    store.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+    store.client.log_batch(
+        run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()]
+    )
 
 
 def set_tags(store: Store, run_id: str, tags: dict[str, Any]) -> None:
@@ -141,12 +143,17 @@ def log_model(store: Store, run_id: str, network, input_example) -> str:
             network.eval().cpu(),
             name="model",
             input_example=input_example,
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+            pip_requirements=[
+                f"torch=={torch.__version__.split('+')[0]}",
+                f"mlflow=={mlflow.__version__}",
+            ],
         )
     return info.model_uri
 
 
-def register_model(store: Store, model_uri: str, name: str, run_id: str, alias: str = "champion") -> int:
+def register_model(
+    store: Store, model_uri: str, name: str, run_id: str, alias: str = "champion"
+) -> int:
     """Register ``model_uri`` as a new version of ``name`` and point ``alias`` at it."""
     client = store.client
     try:
@@ -184,8 +191,11 @@ def git_commit(path: str | Path = ".") -> str:
             ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=path,
-            capture_output=True, text=True, check=True,
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=path,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

@@ -68,7 +68,9 @@ class FailOnNonFinite(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loss = trainer.callback_metrics.get("train/loss")
         if loss is not None and not torch.isfinite(loss):
-            raise FloatingPointError(f"train/loss became {float(loss)} at epoch {trainer.current_epoch}")
+            raise FloatingPointError(
+                f"train/loss became {float(loss)} at epoch {trainer.current_epoch}"
+            )
 
 
 def build_datamodule(spec: ExperimentSpec) -> pl.LightningDataModule:
@@ -80,9 +82,13 @@ def build_datamodule(spec: ExperimentSpec) -> pl.LightningDataModule:
     return registry.build_data(name, seed=spec.seed, **options)
 
 
-def build_model(spec: ExperimentSpec, data: pl.LightningDataModule, **hparams: Any) -> pl.LightningModule:
+def build_model(
+    spec: ExperimentSpec, data: pl.LightningDataModule, **hparams: Any
+) -> pl.LightningModule:
     """The spec's model, sized by the data, with the spec's fixed params and a trial's params."""
-    return registry.build_model(spec.model.name, **data.model_kwargs(), **{**spec.model.params, **hparams})
+    return registry.build_model(
+        spec.model.name, **data.model_kwargs(), **{**spec.model.params, **hparams}
+    )
 
 
 def build_trainer(
@@ -92,9 +98,13 @@ def build_trainer(
     checkpoint_dir: str | Path,
     callbacks: Sequence[Callback] = (),
 ) -> tuple[pl.Trainer, ModelCheckpoint]:
-    """A Trainer with early stopping on ``monitor`` and a best-only checkpoint in ``checkpoint_dir``."""
+    """A Trainer that stops early on ``monitor`` and keeps the best checkpoint in a directory."""
     checkpoint = ModelCheckpoint(
-        dirpath=str(checkpoint_dir), filename="best", monitor=monitor, mode=mode, save_top_k=1,
+        dirpath=str(checkpoint_dir),
+        filename="best",
+        monitor=monitor,
+        mode=mode,
+        save_top_k=1,
         enable_version_counter=False,
     )
     trainer = pl.Trainer(
@@ -138,7 +148,9 @@ def fit(
     load_checkpoint_weights(model, best_path)
     result = FitResult(best_path, float(checkpoint.best_model_score), history.rows)
     if test:
-        scores = _run_interruptibly(trainer, lambda: trainer.test(model, datamodule=data, verbose=False))
+        scores = _run_interruptibly(
+            trainer, lambda: trainer.test(model, datamodule=data, verbose=False)
+        )
         result.test_metrics = {k: float(v) for k, v in scores[0].items()}
         if hasattr(model, "test_confusion"):
             result.confusion = model.test_confusion.compute().cpu().numpy()
@@ -155,9 +167,9 @@ def load_checkpoint_weights(model: torch.nn.Module, path: str | Path) -> None:
 def _run_interruptibly(trainer: pl.Trainer, call: Callable[[], Any]) -> Any:
     """Run a Trainer entry point, turning Lightning's Ctrl-C handling back into KeyboardInterrupt.
 
-    On Ctrl-C Lightning shuts down, ignores SIGINT from then on and raises SystemExit(1). Optuna does
-    not catch SystemExit, so the trial would stay RUNNING forever and a notebook kernel would lose
-    Ctrl-C. Restoring the handler and re-raising KeyboardInterrupt lets the study record the trial.
+    On Ctrl-C Lightning shuts down, ignores SIGINT from then on and raises SystemExit(1). Optuna
+    does not catch SystemExit, so the trial would stay RUNNING forever and a notebook kernel would
+    lose Ctrl-C. Restoring the handler and re-raising KeyboardInterrupt lets the study record it.
     """
     in_main_thread = threading.current_thread() is threading.main_thread()
     handler = signal.getsignal(signal.SIGINT) if in_main_thread else None

@@ -82,7 +82,9 @@ def load_idx_dir(path: str | Path) -> LoadResult:
     y_test = read_idx(_find_idx(root, "t10k-labels-idx1-ubyte"))
     for images, labels, split in ((x_train, y_train, "train"), (x_test, y_test, "t10k")):
         if len(images) != len(labels):
-            raise ValueError(f"data.path: {split} images ({len(images)}) and labels ({len(labels)}) differ")
+            raise ValueError(
+                f"data.path: {split} images ({len(images)}) and labels ({len(labels)}) differ"
+            )
 
     def scale(x: np.ndarray) -> np.ndarray:
         return x.astype(np.float32) / 255.0
@@ -91,7 +93,7 @@ def load_idx_dir(path: str | Path) -> LoadResult:
 
 
 class ImageDataModule(pl.LightningDataModule):
-    """In-memory images: stratified seeded splits, train-split normalisation, optional augmentation."""
+    """In-memory images: stratified seeded splits, train-only normalisation, augmentation."""
 
     def __init__(
         self,
@@ -126,7 +128,11 @@ class ImageDataModule(pl.LightningDataModule):
         total = len(x)
         if fixed_test is None:
             x, x_test, y, y_test = train_test_split(
-                x, y, test_size=round(self.test_fraction * total), stratify=y, random_state=self.seed
+                x,
+                y,
+                test_size=round(self.test_fraction * total),
+                stratify=y,
+                random_state=self.seed,
             )
         else:
             x_test, y_test = fixed_test
@@ -237,7 +243,11 @@ def idx(path: str | None = None, **options) -> ImageDataModule:
     root = Path(path).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"data.path: directory not found: {root}")
-    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+    for stem in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         _find_idx(root, stem)  # name the missing file now, not at the first trial
     return ImageDataModule(lambda: load_idx_dir(root), **options)

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 
@@ -40,11 +39,15 @@ class ImageExplanation:
         for i in range(n):
             truth = f" (true {self.labels[i]})" if self.labels is not None else ""
             axes[0, i].imshow(self.pixels[i], cmap="gray")
-            axes[0, i].set_title(f"pred {self.targets[i]} p={self.probabilities[i, self.targets[i]]:.2f}"
-                                 f"{truth}", fontsize=8)
+            axes[0, i].set_title(
+                f"pred {self.targets[i]} p={self.probabilities[i, self.targets[i]]:.2f}{truth}",
+                fontsize=8,
+            )
             limit = float(np.abs(self.attributions[i]).max()) or 1.0
             axes[1, i].imshow(self.pixels[i], cmap="gray", alpha=0.35)
-            image = axes[1, i].imshow(self.attributions[i], cmap="bwr", vmin=-limit, vmax=limit, alpha=0.8)
+            image = axes[1, i].imshow(
+                self.attributions[i], cmap="bwr", vmin=-limit, vmax=limit, alpha=0.8
+            )
             axes[1, i].set_title(self.method, fontsize=8)
             for ax in axes[:, i]:
                 ax.set_xticks([])
@@ -54,7 +57,9 @@ class ImageExplanation:
 
 
 @torch.no_grad()
-def predict_proba(network: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+def predict_proba(
+    network: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 512
+) -> np.ndarray:
     """Softmax probabilities in batches (LIME sends thousands of perturbed images at once)."""
     network.eval()
     device = next(network.parameters()).device
@@ -79,7 +84,9 @@ def shap_images(
 
     network = network.eval().cpu()
     explainer = shap.GradientExplainer(network, background.cpu())
-    values, ranked = explainer.shap_values(inputs.cpu(), nsamples=nsamples, ranked_outputs=1, rseed=seed)
+    values, ranked = explainer.shap_values(
+        inputs.cpu(), nsamples=nsamples, ranked_outputs=1, rseed=seed
+    )
     attributions = np.asarray(values)[..., 0].sum(axis=1)  # (N, C, H, W, 1) → (N, H, W)
     return ImageExplanation(
         method="SHAP (GradientExplainer)",
@@ -119,8 +126,9 @@ def lime_images(
 
     def classify(rgb: np.ndarray) -> np.ndarray:
         # LIME works on RGB arrays; the network sees one channel.
-        return predict_proba(network, torch.from_numpy(rgb[..., :1].transpose(0, 3, 1, 2).copy()).float(),
-                             batch_size)
+        return predict_proba(
+            network, torch.from_numpy(rgb[..., :1].transpose(0, 3, 1, 2).copy()).float(), batch_size
+        )
 
     probabilities = predict_proba(network, inputs)
     targets = probabilities.argmax(axis=1)
@@ -139,7 +147,8 @@ def lime_images(
             random_seed=seed,
         )
         weights = dict(explanation.local_exp[int(targets[i])])
-        attributions[i] = np.vectorize(lambda s: weights.get(s, 0.0))(segments)
+        per_segment = np.array([weights.get(s, 0.0) for s in range(segments.max() + 1)])
+        attributions[i] = per_segment[segments]
     return ImageExplanation(
         method="LIME",
         pixels=_pixels(inputs, pixels),

@@ -9,7 +9,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+)
 
 
 def classification_metrics(num_classes: int, stage: str) -> MetricCollection:
@@ -35,7 +39,9 @@ def classification_step(module, batch, stage: str) -> torch.Tensor:
     metrics = getattr(module, f"{stage}_metrics")
     metrics.update(logits.detach(), targets)
     # on_epoch logging accumulates on the device: no per-step host synchronisation.
-    module.log(f"{stage}/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(targets))
+    module.log(
+        f"{stage}/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(targets)
+    )
     module.log_dict(metrics, on_step=False, on_epoch=True)
     if stage == "test":
         module.test_confusion.update(logits.detach(), targets)

@@ -20,7 +20,7 @@ from workbench.registry import register_model
 
 
 class ConvNet(nn.Module):
-    """``depth`` blocks of conv → batch-norm → ReLU → 2×2 max-pool, channels doubling from ``width``."""
+    """``depth`` blocks of conv, batch-norm, ReLU, 2×2 max-pool; channels double from ``width``."""
 
     def __init__(
         self,

@@ -59,7 +59,8 @@ class TrainerSpec:
     accelerator: str = "auto"
     devices: str | int = "auto"
     precision: str = "32-true"
-    progress_bar: bool = True
+    progress_bar: bool = False
+    """Lightning's per-epoch bar; off by default in studies, which show one bar over trials."""
 
     def check(self) -> None:
         _require(self.max_epochs >= 1, "trainer.max_epochs", "must be >= 1")
@@ -81,6 +82,8 @@ class StudySpec:
     sampler_options: dict[str, Any] = field(default_factory=dict)
     pruner: str = "median"
     pruner_options: dict[str, Any] = field(default_factory=dict)
+    progress_bar: bool = True
+    """One bar over the study's trials, with a line per finished trial."""
 
     def check(self) -> None:
         _require(self.trials >= 1, "study.trials", "must be >= 1")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from tqdm.auto import tqdm
 
 from workbench import tracking
 from workbench.spec import ExperimentSpec, ParamSpec, SpecError, apply_override, load_spec
@@ -188,6 +189,7 @@ def run_study(
                 ),  # a diverged trial is recorded FAILED; the study goes on
                 gc_after_trial=True,
                 callbacks=[_report_trial],
+                show_progress_bar=spec.study.progress_bar,
             )
     except KeyboardInterrupt:
         tracking.end_run(store, parent, "KILLED", "interrupted; re-run the same command to resume")
@@ -207,10 +209,11 @@ def _report_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         )
         else "-"
     )
-    print(
-        f"trial {trial.number:3d} {trial.state.name:8s} value={value} best={best} "
-        f"params={trial.params}",
-        flush=True,
+    tqdm.write(
+        f"trial {trial.number:3d} {trial.state.name:8s} value={value} best={best}  "
+        + " ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()
+        )
     )
 
 

@@ -115,6 +115,9 @@ def test_ctrl_c_mid_trial_then_resume_keeps_completed_trials(tmp_path: Path):
     ]
     process = subprocess.Popen(
         WORKBENCH + args,
+        # A shell's background job inherits SIGINT as ignored, and Python then installs no Ctrl-C
+        # handler; restore the default so the child behaves as in a terminal.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -133,6 +136,7 @@ def test_ctrl_c_mid_trial_then_resume_keeps_completed_trials(tmp_path: Path):
                 ).fetchone()
             if rows[0] >= 2:
                 break
+    assert process.poll() is None, "the study ended before it could be interrupted"
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 130, output[-3000:]

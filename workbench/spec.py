@@ -34,6 +34,8 @@ class DataSpec:
     """Small random shifts and rotations of training images, on the batch's device."""
     max_samples: int | None = None
     """Stratified subsample before splitting: tiny runs for tests and notebooks."""
+    on_device: bool = True
+    """Keep the in-memory splits on the model's device and batch them there (no DataLoader)."""
 
     def check(self) -> None:
         _require(0 < self.val_fraction < 0.5, "data.val_fraction", "must be in (0, 0.5)")

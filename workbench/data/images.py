@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, TensorDataset
 
+from workbench.data.device import DeviceBatches
 from workbench.registry import register_data
 
 # A loader returns images in [0, 1] as float32 (N, H, W), int64 labels, and optionally a fixed
@@ -103,6 +104,7 @@ class ImageDataModule(pl.LightningDataModule):
         test_fraction: float = 0.1,
         augment: bool = False,
         max_samples: int | None = None,
+        on_device: bool = True,
         seed: int = 42,
     ) -> None:
         super().__init__()
@@ -112,6 +114,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.test_fraction = test_fraction
         self.augment = augment
         self.max_samples = max_samples
+        self.on_device = on_device
         self.seed = seed
         self.splits_: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
@@ -175,7 +178,10 @@ class ImageDataModule(pl.LightningDataModule):
         return images * self.std_ + self.mean_
 
     # --- loaders ------------------------------------------------------------------------------
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+    def _loader(self, name: str, shuffle: bool) -> DeviceBatches | DataLoader:
+        if self.on_device:
+            device = self.trainer.strategy.root_device if self.trainer is not None else "cpu"
+            return DeviceBatches(*self.split(name), self.batch_size, shuffle, self.seed, device)
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(
             TensorDataset(*self.split(name)),
@@ -184,13 +190,13 @@ class ImageDataModule(pl.LightningDataModule):
             generator=generator if shuffle else None,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DeviceBatches | DataLoader:
         return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DeviceBatches | DataLoader:
         return self._loader("val", shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DeviceBatches | DataLoader:
         return self._loader("test", shuffle=False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):

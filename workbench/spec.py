@@ -60,7 +60,12 @@ class TrainerSpec:
     """Early stopping: epochs without improvement of ``study.metric``."""
     accelerator: str = "auto"
     devices: str | int = "auto"
-    precision: str = "32-true"
+    precision: str = "auto"
+    """``auto``: bf16 autocast on a GPU that supports it, else float32; or a Lightning value."""
+    matmul_precision: str = "auto"
+    """float32 matmuls: ``auto`` (``high``, TF32, on CUDA), ``highest``, ``high``, ``medium``."""
+    compile: str = "off"
+    """``torch.compile`` mode: ``off``, ``default``, ``reduce-overhead``, ``max-autotune``."""
     progress_bar: bool = False
     """Lightning's per-epoch bar; off by default in studies, which show one bar over trials."""
 
@@ -71,6 +76,31 @@ class TrainerSpec:
             self.accelerator in {"auto", "cpu", "gpu", "cuda", "mps"},
             "trainer.accelerator",
             f"must be one of auto, cpu, gpu, cuda, mps; got {self.accelerator!r}",
+        )
+        _require(
+            self.matmul_precision in {"auto", "highest", "high", "medium"},
+            "trainer.matmul_precision",
+            f"must be auto, highest, high or medium; got {self.matmul_precision!r}",
+        )
+        _require(
+            self.compile in {"off", "default", "reduce-overhead", "max-autotune"},
+            "trainer.compile",
+            f"must be off, default, reduce-overhead or max-autotune; got {self.compile!r}",
+        )
+        precisions = {
+            "auto",
+            "32-true",
+            "32",
+            "16-mixed",
+            "bf16-mixed",
+            "bf16-true",
+            "16-true",
+            "64-true",
+        }
+        _require(
+            self.precision in precisions,
+            "trainer.precision",
+            f"must be one of {', '.join(sorted(precisions))}; got {self.precision!r}",
         )
 
 

@@ -107,11 +107,13 @@ def build_trainer(
         save_top_k=1,
         enable_version_counter=False,
     )
+    precision, matmul = device_defaults(spec)
+    torch.set_float32_matmul_precision(matmul)
     trainer = pl.Trainer(
         max_epochs=spec.max_epochs,
         accelerator=spec.accelerator,
         devices=spec.devices,
-        precision=spec.precision,
+        precision=precision,
         logger=False,  # tracking.py logs to MLflow, with statuses decided by the study
         callbacks=[
             EarlyStopping(monitor=monitor, mode=mode, patience=spec.patience),
@@ -125,6 +127,22 @@ def build_trainer(
         deterministic=False,
     )
     return trainer, checkpoint
+
+
+def device_defaults(spec: TrainerSpec) -> tuple[str, str]:
+    """Resolve ``auto`` precision settings for the device the Trainer will use.
+
+    On CUDA: bf16 autocast where the GPU supports it and TF32 matmuls (``high``); on a CPU, full
+    float32, where bf16 autocast is usually slower and less accurate.
+    """
+    cuda = spec.accelerator in {"auto", "gpu", "cuda"} and torch.cuda.is_available()
+    precision = spec.precision
+    if precision == "auto":
+        precision = "bf16-mixed" if cuda and torch.cuda.is_bf16_supported() else "32-true"
+    matmul = spec.matmul_precision
+    if matmul == "auto":
+        matmul = "high" if cuda else "highest"
+    return precision, matmul
 
 
 def fit(
@@ -141,7 +159,9 @@ def fit(
     """Train with early stopping, reload the best checkpoint, and evaluate it on the test split."""
     history = EpochHistory(on_epoch)
     trainer, checkpoint = build_trainer(spec, monitor, mode, checkpoint_dir, [history, *callbacks])
-    _run_interruptibly(trainer, lambda: trainer.fit(model, datamodule=data))
+    # A compiled module shares its parameters with ``model``; checkpoint and test use ``model``.
+    trained = model if spec.compile == "off" else torch.compile(model, mode=spec.compile)
+    _run_interruptibly(trainer, lambda: trainer.fit(trained, datamodule=data))
     best_path = checkpoint.best_model_path
     if not best_path:
         raise RuntimeError(f"no checkpoint was written: is {monitor!r} logged by the model?")

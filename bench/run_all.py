@@ -1,0 +1,26 @@
+"""Run every benchmark in turn and print its table (`make bench`).
+
+Results are recorded by hand in docs/benchmarks.md with the machine, the command and the date.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SCRIPTS = [
+    "import_time.py",
+    "trial_vs_loop.py",
+    "tracking_overhead.py",
+    "explain_speed.py",
+    "study_efficiency.py",
+]
+
+if __name__ == "__main__":
+    failed = 0
+    for script in SCRIPTS:
+        print(f"\n=== {script} ===", flush=True)
+        failed += subprocess.run([sys.executable, str(HERE / script)]).returncode != 0
+    sys.exit(1 if failed else 0)

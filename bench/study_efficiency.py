@@ -1,0 +1,107 @@
+"""Benchmark 3: TPE + Hyperband against random search without pruning, over seeds.
+
+For each seed, both studies run the same wide search space on the MNIST-subset CNN. The figure is
+the number of training epochs (and the wall time) spent until any trial first reports the target
+validation accuracy, counting trials in the order they ran. Prints the per-seed table and the
+median ratio TPE+Hyperband / random.
+
+    python bench/study_efficiency.py [--seeds 0 1 2] [--target 0.98] [--trials 16] [--epochs 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from workbench.spec import load_spec
+from workbench.study import run_study
+
+SPEC = Path(__file__).resolve().parents[1] / "experiments" / "mnist_cnn.yaml"
+WIDE_SPACE = {
+    "width": {"type": "categorical", "choices": [8, 16, 32]},
+    "dropout": {"type": "float", "low": 0.0, "high": 0.7},
+    "lr": {"type": "float", "low": 1.0e-5, "high": 1.0e-1, "log": True},
+    "weight_decay": {"type": "float", "low": 1.0e-6, "high": 1.0e-2, "log": True},
+}
+METHODS = {
+    "tpe+hyperband": [
+        "study.sampler=tpe",
+        "study.sampler_options={n_startup_trials: 4}",
+        "study.pruner=hyperband",
+        "study.pruner_options={}",
+    ],
+    "random, no pruning": ["study.sampler=random", "study.pruner=none", "study.pruner_options={}"],
+}
+
+
+def cost_to_target(study, target: float) -> tuple[float, float]:
+    """Epochs and seconds spent, in trial order, until a reported val/acc first reaches target."""
+    epochs = seconds = 0.0
+    for trial in sorted(study.trials, key=lambda t: t.number):
+        values = [trial.intermediate_values[k] for k in sorted(trial.intermediate_values)]
+        duration = (trial.datetime_complete - trial.datetime_start).total_seconds()
+        for index, value in enumerate(values):
+            if value >= target:
+                return epochs + index + 1, seconds + duration * (index + 1) / len(values)
+        epochs += len(values)
+        seconds += duration
+    return math.inf, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--target", type=float, default=0.98)
+    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=10)
+    args = parser.parse_args()
+    raw = yaml.safe_load(SPEC.read_text())
+    raw["search_space"] = WIDE_SPACE
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            for method, overrides in METHODS.items():
+                raw["name"] = f"efficiency-{method.split(',')[0]}-{seed}"
+                spec = load_spec(
+                    raw,
+                    [
+                        f"seed={seed}",
+                        f"tracking.root={tmp}/mlruns",
+                        f"trainer.max_epochs={args.epochs}",
+                        "trainer.patience=3",
+                        "explain.enabled=false",
+                        "study.progress_bar=false",
+                        *overrides,
+                    ],
+                )
+                result = run_study(spec, trials=args.trials)
+                epochs, seconds = cost_to_target(result.load_study(), args.target)
+                rows.append((seed, method, epochs, seconds, result.best_value))
+
+    print(f"\ntarget val/acc >= {args.target}; up to {args.trials} trials x {args.epochs} epochs")
+    print(
+        f"{'seed':>4s} {'method':20s} {'epochs to target':>17s} {'seconds':>8s} "
+        f"{'best val/acc':>13s}"
+    )
+    for seed, method, epochs, seconds, best in rows:
+        print(f"{seed:4d} {method:20s} {epochs:17.0f} {seconds:8.1f} {best:13.4f}")
+    ratios = [
+        a[2] / b[2] for a, b in zip(rows[0::2], rows[1::2], strict=True) if math.isfinite(b[2])
+    ]
+    time_ratios = [a[3] / b[3] for a, b in zip(rows[0::2], rows[1::2], strict=True)]
+    print(
+        f"median epochs ratio tpe+hyperband / random: {statistics.median(ratios):.2f} "
+        f"(per seed {', '.join(f'{r:.2f}' for r in ratios)})"
+    )
+    print(f"median wall-time ratio: {statistics.median(time_ratios):.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import signal
 import threading
 import warnings
@@ -47,30 +48,43 @@ class FitResult:
 
 
 class EpochHistory(Callback):
-    """Collects every logged epoch-level metric once per epoch (one host sync per epoch)."""
+    """Collects every epoch-level metric once per epoch (one host sync per epoch).
+
+    Modules log epoch metrics in their own ``on_*_epoch_end`` hooks, which Lightning runs after
+    ordinary callbacks' hooks; so an epoch is recorded when the next starts, when training ends,
+    or when training is interrupted (a pruned trial raises during validation). A loss that became
+    NaN/inf stops the run with ``FloatingPointError`` instead of training on garbage.
+    """
 
     def __init__(self, on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> None:
         self.rows: list[dict[str, float]] = []
         self.on_epoch = on_epoch
+        self._epoch: int | None = None
+        self._lr = 0.0
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Runs after the epoch's validation, so train/* and val/* are both here.
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if "/" in k}
-        metrics["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
-        self.rows.append({"epoch": trainer.current_epoch, **metrics})
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._record(trainer)
+        self._epoch = trainer.current_epoch
+        self._lr = float(trainer.optimizers[0].param_groups[0]["lr"])
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._record(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exc) -> None:
+        self._record(trainer, stages=("val/",))  # the epoch's train metrics were never computed
+
+    def _record(self, trainer: pl.Trainer, stages: tuple[str, ...] = ("train/", "val/")) -> None:
+        if self._epoch is None:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(stages)}
+        metrics["lr"] = self._lr
+        self.rows.append({"epoch": self._epoch, **metrics})
         if self.on_epoch is not None:
-            self.on_epoch(trainer.current_epoch, metrics)
-
-
-class FailOnNonFinite(Callback):
-    """Stop a run whose loss became NaN/inf instead of training on garbage."""
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        loss = trainer.callback_metrics.get("train/loss")
-        if loss is not None and not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"train/loss became {float(loss)} at epoch {trainer.current_epoch}"
-            )
+            self.on_epoch(self._epoch, metrics)
+        epoch, self._epoch = self._epoch, None
+        loss = metrics.get("train/loss")
+        if loss is not None and not math.isfinite(loss):
+            raise FloatingPointError(f"train/loss became {loss} at epoch {epoch}")
 
 
 def build_datamodule(spec: ExperimentSpec) -> pl.LightningDataModule:
@@ -118,7 +132,6 @@ def build_trainer(
         callbacks=[
             EarlyStopping(monitor=monitor, mode=mode, patience=spec.patience),
             checkpoint,
-            FailOnNonFinite(),
             *callbacks,
         ],
         enable_progress_bar=spec.progress_bar,

@@ -15,6 +15,7 @@ from workbench.models.classification import (
     classification_metrics,
     classification_step,
     confusion_matrix_metric,
+    log_epoch_metrics,
 )
 from workbench.registry import register_model
 
@@ -91,6 +92,15 @@ class CNNClassifier(pl.LightningModule):
 
     def test_step(self, batch, batch_idx):
         classification_step(self, batch, "test")
+
+    def on_train_epoch_end(self):
+        log_epoch_metrics(self, "train")
+
+    def on_validation_epoch_end(self):
+        log_epoch_metrics(self, "val")
+
+    def on_test_epoch_end(self):
+        log_epoch_metrics(self, "test")
 
     def configure_optimizers(self):
         return adamw_with_cosine(self, self.hparams.lr, self.hparams.weight_decay)

@@ -1,0 +1,50 @@
+"""train.fit on its own: history, checkpoints, a diverged run stopped with a clear error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from workbench.registry import build_data, build_model
+from workbench.spec import TrainerSpec
+from workbench.train import fit, load_module
+
+
+def test_fit_records_one_history_row_per_epoch_and_keeps_the_best_checkpoint(tmp_path: Path):
+    pl.seed_everything(0, verbose=False)
+    data = build_data("digits", seed=0, batch_size=64)
+    model = build_model("cnn", **data.model_kwargs(), width=8)
+    result = fit(model, data, TrainerSpec(max_epochs=3, patience=3, accelerator="cpu"), tmp_path)
+    assert [row["epoch"] for row in result.history] == [0, 1, 2]
+    for row in result.history:
+        assert {
+            "train/loss",
+            "train/acc",
+            "train/f1",
+            "val/loss",
+            "val/acc",
+            "val/f1",
+            "lr",
+        } <= set(row)
+    assert result.best_score == pytest.approx(max(row["val/acc"] for row in result.history))
+    assert result.history[0]["lr"] > result.history[2]["lr"]  # cosine decay per epoch
+    assert result.confusion.sum() == len(data.split("test")[1])
+    assert result.test_metrics["test/acc"] == pytest.approx(
+        result.confusion.trace() / result.confusion.sum(), abs=1e-6
+    )
+    reloaded = load_module(result.checkpoint, "cnn")
+    inputs = data.split("val")[0][:8]
+    model.eval()
+    assert torch.equal(reloaded(inputs), model(inputs))  # fit leaves the best weights loaded
+
+
+def test_a_diverged_run_stops_with_floating_point_error(tmp_path: Path):
+    data = build_data("digits", seed=0, batch_size=64)
+    model = build_model("cnn", **data.model_kwargs(), width=8)
+    with torch.no_grad():
+        model.net.head[-1].bias.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="train/loss became nan"):
+        fit(model, data, TrainerSpec(max_epochs=3, accelerator="cpu"), tmp_path, test=False)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import gc
 import sqlite3
 import tempfile
 import time
@@ -312,9 +311,7 @@ class _Objective:
         trial.set_user_attr("model_uri", model_uri)
         trial.set_user_attr("test_metrics", result.test_metrics)
         tracking.end_run(store, run_id, "FINISHED")
-        del model
-        gc.collect()
-        return result.best_score
+        return result.best_score  # Optuna's gc_after_trial frees the model afterwards
 
 
 def _mode(spec: ExperimentSpec) -> str:

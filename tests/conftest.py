@@ -32,3 +32,23 @@ def tiny(root: Path, **extra: object) -> list[str]:
 @pytest.fixture
 def store_root(tmp_path: Path) -> Path:
     return tmp_path / "mlruns"
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory):
+    """One short, real study shared by the compression and deployment tests: (spec, result)."""
+    from workbench.spec import load_spec
+    from workbench.study import run_study
+
+    root = tmp_path_factory.mktemp("shared_study") / "mlruns"
+    overrides = tiny(
+        root,
+        **{
+            "data.max_samples": 1000,
+            "trainer.max_epochs": 3,
+            "explain.enabled": False,
+            "data.augment": False,
+        },
+    )
+    spec = load_spec(EXPERIMENTS / "mnist_cnn.yaml", overrides)
+    return spec, run_study(spec, trials=1)

@@ -11,7 +11,35 @@ import torch
 from workbench.registry import UnknownNameError, available_models, build_model
 from workbench.train import load_module
 
-SHAPES = {"cnn": {"input_shape": (1, 8, 8), "num_classes": 10}}
+SHAPES = {
+    "cnn": {"input_shape": (1, 8, 8), "num_classes": 10},
+    "distilled_cnn": {"input_shape": (1, 8, 8), "num_classes": 10},
+}
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> str:
+    """A saved ``cnn`` checkpoint for the models that need a teacher."""
+    path = tmp_path_factory.mktemp("teacher") / "teacher.ckpt"
+    _save(build_model("cnn", **SHAPES["cnn"], width=8), path)
+    return str(path)
+
+
+def _save(model, path: Path) -> None:
+    trainer = pl.Trainer(
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        max_epochs=0,
+        accelerator="cpu",
+    )
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(path)
+
+
+def _build(name: str, teacher: str, **hparams):
+    extra = {"teacher_checkpoint": teacher} if name == "distilled_cnn" else {}
+    return build_model(name, **SHAPES[name], **extra, **hparams)
 
 
 def _batch(name: str, n: int = 32):
@@ -27,16 +55,16 @@ def test_every_model_has_test_shapes():
 
 
 @pytest.mark.parametrize("name", available_models())
-def test_output_shape(name: str):
-    model = build_model(name, **SHAPES[name]).eval()
+def test_output_shape(name: str, teacher: str):
+    model = _build(name, teacher).eval()
     inputs, _ = _batch(name, 5)
     assert model(inputs).shape == (5, SHAPES[name]["num_classes"])
 
 
 @pytest.mark.parametrize("name", available_models())
-def test_a_single_batch_overfits(name: str):
+def test_a_single_batch_overfits(name: str, teacher: str):
     torch.manual_seed(0)
-    model = build_model(name, **SHAPES[name], dropout=0.0)
+    model = _build(name, teacher, dropout=0.0)
     inputs, targets = _batch(name)
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
@@ -51,18 +79,10 @@ def test_a_single_batch_overfits(name: str):
 
 
 @pytest.mark.parametrize("name", available_models())
-def test_checkpoint_round_trip_gives_identical_outputs(name: str, tmp_path: Path):
-    model = build_model(name, **SHAPES[name], width=8).eval()
-    trainer = pl.Trainer(
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        max_epochs=0,
-        accelerator="cpu",
-    )
-    trainer.strategy.connect(model)
+def test_checkpoint_round_trip_gives_identical_outputs(name: str, teacher: str, tmp_path: Path):
+    model = _build(name, teacher, width=8).eval()
     path = tmp_path / "m.ckpt"
-    trainer.save_checkpoint(path)
+    _save(model, path)
     loaded = load_module(path, name)
     inputs, _ = _batch(name, 4)
     assert loaded.hparams["width"] == 8
@@ -70,11 +90,11 @@ def test_checkpoint_round_trip_gives_identical_outputs(name: str, tmp_path: Path
 
 
 @pytest.mark.parametrize("name", available_models())
-def test_same_seed_same_weights(name: str):
+def test_same_seed_same_weights(name: str, teacher: str):
     pl.seed_everything(3, verbose=False)
-    first = build_model(name, **SHAPES[name])
+    first = _build(name, teacher)
     pl.seed_everything(3, verbose=False)
-    second = build_model(name, **SHAPES[name])
+    second = _build(name, teacher)
     for a, b in zip(first.parameters(), second.parameters(), strict=True):
         assert torch.equal(a, b)
 

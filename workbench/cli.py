@@ -37,11 +37,42 @@ def main(argv: list[str] | None = None) -> int:
     ui.add_argument("--mlflow-port", type=int, default=5000)
     ui.add_argument("--dashboard-port", type=int, default=8080)
 
+    compress = commands.add_parser("compress", help="prune, quantize and distil a study's best CNN")
+    compress.add_argument("spec")
+    compress.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE"
+    )
+    compress.add_argument("--distill-epochs", type=int, default=10)
+    compress.add_argument("--finetune-epochs", type=int, default=2)
+
+    export = commands.add_parser(
+        "export", help="export a study's best model to TorchScript and ONNX"
+    )
+    export.add_argument("spec")
+    export.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    export.add_argument("--out", default="exports", help="output directory (default: exports/)")
+
+    serve = commands.add_parser("serve", help="serve a logged model over REST on 127.0.0.1")
+    serve.add_argument("model_uri", help="e.g. models:/mnist_cnn@champion or runs:/<run id>/model")
+    serve.add_argument("--root", default="mlruns", help="the workbench store (default: mlruns)")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1 only)")
+    serve.add_argument("--port", type=int, default=5001)
+
+    predict = commands.add_parser("predict", help="send inputs (.npy or .json) to a served model")
+    predict.add_argument("inputs", help="a .npy array or a JSON list, shaped like the model input")
+    predict.add_argument("--url", default="http://127.0.0.1:5001")
+
     args = parser.parse_args(argv)
+    handlers = {
+        "study": _study,
+        "ui": _ui,
+        "compress": _compress,
+        "export": _export,
+        "serve": _serve,
+        "predict": _predict,
+    }
     try:
-        if args.command == "study":
-            return _study(args)
-        return _ui(args)
+        return handlers[args.command](args)
     except (ValueError, LookupError, FileNotFoundError) as exc:
         print(f"workbench: error: {exc}", file=sys.stderr)
         return 2
@@ -101,6 +132,89 @@ def _ui(args: argparse.Namespace) -> int:
             process.terminate()
         for process in processes:
             process.wait(timeout=20)
+    return 0
+
+
+def _compress(args: argparse.Namespace) -> int:
+    from workbench.spec import load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    from workbench.compress.pipeline import compress_best
+
+    report = compress_best(
+        spec, finetune_epochs=args.finetune_epochs, distill_epochs=args.distill_epochs
+    )
+    print(
+        f"{'variant':24s} {'test acc':>9s} {'Δ points':>9s} {'params':>9s} {'size KiB':>9s} "
+        f"{'×smaller':>9s} {'ms @1':>7s} {'ms @64':>7s}"
+    )
+    for row in report.rows():
+        print(
+            f"{row['name']:24s} {row['accuracy']:9.4f} {row['accuracy_change_points']:+9.1f} "
+            f"{row['nonzero_parameters']:9d} {row['size_bytes'] / 1024:9.0f} "
+            f"{row['size_ratio']:9.2f} {row['latency_ms_batch1']:7.2f} "
+            f"{row['latency_ms_batch64']:7.2f}"
+        )
+    print("logged as child runs of the best trial's MLflow run (plot: compression/report.png)")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from workbench.spec import load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    import optuna
+
+    from workbench.deploy.export import export_onnx, export_torchscript, onnx_max_abs_difference
+    from workbench.study import storage_url
+    from workbench.train import build_datamodule, load_module
+
+    best = optuna.load_study(study_name=spec.name, storage=storage_url(spec)).best_trial
+    network = load_module(best.user_attrs["checkpoint"], spec.model.name).net.eval()
+    inputs = build_datamodule(spec).split("test")[0][:64]
+    out = Path(args.out)
+    script = export_torchscript(network, inputs[:2], out / f"{spec.name}.pt")
+    onnx_path = export_onnx(network, inputs[:2], out / f"{spec.name}.onnx")
+    difference = onnx_max_abs_difference(onnx_path, network, inputs)
+    print(
+        f"TorchScript: {script}\nONNX:        {onnx_path} "
+        f"(max |onnxruntime - torch| on 64 test images: {difference:.2e})"
+    )
+    print(f"MLflow model (signature, input example): {best.user_attrs['model_uri']}")
+    return 0 if difference <= 1e-4 else 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from workbench.deploy.serve import serve_command, serve_environment
+
+    root = Path(args.root).resolve()
+    if not (root / "mlflow.db").is_file():
+        raise FileNotFoundError(f"--root: no mlflow.db in {root}; run a study first")
+    command = serve_command(args.model_uri, args.host, args.port)
+    print(f"serving {args.model_uri} at http://{args.host}:{args.port}/invocations (Ctrl-C stops)")
+    try:
+        return subprocess.call(command, env=serve_environment(f"sqlite:///{root / 'mlflow.db'}"))
+    except KeyboardInterrupt:
+        return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from workbench.deploy.serve import PredictionError, predict
+
+    path = Path(args.inputs)
+    if not path.is_file():
+        raise FileNotFoundError(f"inputs: file not found: {path}")
+    inputs = np.load(path) if path.suffix == ".npy" else np.asarray(json.loads(path.read_text()))
+    try:
+        outputs = predict(args.url, inputs.astype(np.float32))
+    except PredictionError as error:
+        print(f"workbench: the server refused the request: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps({"predictions": outputs.tolist(), "classes": outputs.argmax(-1).tolist()}))
     return 0
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 # Imported on first lookup, so `import workbench` stays cheap (these pull in torch and Lightning).
-_MODEL_MODULES = ("workbench.models.cnn",)
+_MODEL_MODULES = ("workbench.models.cnn", "workbench.compress.distill")
 _DATA_MODULES = ("workbench.data.images",)
 
 # Constructor arguments that the data module supplies, not the spec.

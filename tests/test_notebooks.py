@@ -47,3 +47,34 @@ def test_quickstart_runs_in_smoke_mode(tmp_path: Path):
     images = [o for c in cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 3, "history, learning curves and attributions are drawn inline"
     assert (root / "mlflow.db").is_file() and (root / "optuna.db").is_file()
+
+
+@pytest.mark.slow
+def test_compress_and_deploy_runs_in_smoke_mode(tmp_path: Path):
+    import papermill
+
+    from tests.test_deploy import _free_port
+
+    root = tmp_path / "mlruns"
+    out = tmp_path / "out.ipynb"
+    papermill.execute_notebook(
+        str(REPO / "notebooks" / "04_compress_and_deploy.ipynb"),
+        str(out),
+        parameters={
+            "spec_path": str(EXPERIMENTS / "mnist_cnn.yaml"),
+            "root": str(root),
+            "trials": 1,
+            "overrides": [*tiny(root)[1:], "explain.enabled=false", "data.max_samples=600"],
+            "finetune_epochs": 1,
+            "distill_epochs": 1,
+            "export_dir": str(tmp_path / "exports"),
+            "port": _free_port(),
+        },
+        cwd=str(tmp_path),
+        progress_bar=False,
+        kernel_name="python3",
+    )
+    cells = json.loads(out.read_text())["cells"]
+    images = [o for c in cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert images, "the compression report is drawn inline"
+    assert (tmp_path / "exports" / "mnist_cnn.onnx").is_file()

@@ -1,0 +1,112 @@
+"""Export and serving: ONNX matches PyTorch, the REST server answers like the model in process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from workbench.deploy.export import export_onnx, export_torchscript, onnx_max_abs_difference
+from workbench.deploy.serve import PredictionError, post_json, predict
+from workbench.train import build_datamodule, load_module
+
+
+def _best_network(spec, result):
+    trial = result.load_study().trials[result.best_trial]
+    return load_module(trial.user_attrs["checkpoint"], spec.model.name).net.eval()
+
+
+def test_torchscript_and_onnx_reproduce_the_network(tiny_study, tmp_path: Path):
+    spec, result = tiny_study
+    network = _best_network(spec, result)
+    inputs = build_datamodule(spec).split("test")[0][:32]
+    scripted = torch.jit.load(str(export_torchscript(network, inputs[:2], tmp_path / "m.pt")))
+    with torch.no_grad():
+        assert torch.allclose(scripted(inputs), network(inputs), atol=1e-5)  # batch 32, traced on 2
+    onnx_path = export_onnx(network, inputs[:2], tmp_path / "m.onnx")
+    assert onnx_max_abs_difference(onnx_path, network, inputs) <= 1e-4
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_served_model_matches_in_process_predictions_and_refuses_bad_input(tiny_study, tmp_path):
+    spec, result = tiny_study
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    uri = f"models:/{result.registered_model}@champion"
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "workbench.cli",
+            "serve",
+            uri,
+            "--root",
+            spec.tracking.root,
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None, server.stdout.read()[-3000:]
+                time.sleep(0.5)
+        inputs = build_datamodule(spec).split("test")[0][:8]
+        served = predict(url, inputs.numpy())
+        with torch.no_grad():
+            expected = _best_network(spec, result)(inputs).numpy()
+        assert served.shape == (8, 10)
+        assert np.allclose(served, expected, atol=1e-4)
+
+        bad = {
+            "wrong shape": json.dumps({"inputs": [[1.0, 2.0, 3.0]]}).encode(),
+            "wrong dtype": json.dumps({"inputs": [[["a"] * 28] * 28]}).encode(),
+            "empty body": b"",
+        }
+        for name, body in bad.items():
+            with pytest.raises(PredictionError) as refused:
+                post_json(url, body)
+            assert 400 <= refused.value.status < 500, name
+            assert len(str(refused.value)) > 20, name  # a readable message, not just a code
+        assert np.allclose(predict(url, inputs.numpy()), expected, atol=1e-4)  # still serving
+
+        array = tmp_path / "inputs.npy"
+        np.save(array, inputs[:3].numpy())
+        cli = subprocess.run(
+            [sys.executable, "-m", "workbench.cli", "predict", str(array), "--url", url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cli.returncode == 0, cli.stderr
+        assert json.loads(cli.stdout)["classes"] == expected[:3].argmax(1).tolist()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)

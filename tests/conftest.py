@@ -29,6 +29,31 @@ def tiny(root: Path, **extra: object) -> list[str]:
     return [f"{key}={value}" for key, value in settings.items()]
 
 
+def save_checkpoint(model, path: Path) -> Path:
+    """Save a LightningModule as a Lightning checkpoint without training it."""
+    import lightning.pytorch as pl
+
+    trainer = pl.Trainer(
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        max_epochs=0,
+        accelerator="cpu",
+    )
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def teacher_checkpoint(tmp_path_factory) -> str:
+    """An untrained 28×28 ``cnn`` checkpoint, for specs and models that need a teacher."""
+    from workbench.registry import build_model
+
+    path = tmp_path_factory.mktemp("teacher28") / "teacher.ckpt"
+    return str(save_checkpoint(build_model("cnn", input_shape=(1, 28, 28), num_classes=10), path))
+
+
 @pytest.fixture
 def store_root(tmp_path: Path) -> Path:
     return tmp_path / "mlruns"

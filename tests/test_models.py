@@ -8,6 +8,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
+from tests.conftest import save_checkpoint
 from workbench.registry import UnknownNameError, available_models, build_model
 from workbench.train import load_module
 
@@ -21,20 +22,8 @@ SHAPES = {
 def teacher(tmp_path_factory) -> str:
     """A saved ``cnn`` checkpoint for the models that need a teacher."""
     path = tmp_path_factory.mktemp("teacher") / "teacher.ckpt"
-    _save(build_model("cnn", **SHAPES["cnn"], width=8), path)
+    save_checkpoint(build_model("cnn", **SHAPES["cnn"], width=8), path)
     return str(path)
-
-
-def _save(model, path: Path) -> None:
-    trainer = pl.Trainer(
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        max_epochs=0,
-        accelerator="cpu",
-    )
-    trainer.strategy.connect(model)
-    trainer.save_checkpoint(path)
 
 
 def _build(name: str, teacher: str, **hparams):
@@ -82,7 +71,7 @@ def test_a_single_batch_overfits(name: str, teacher: str):
 def test_checkpoint_round_trip_gives_identical_outputs(name: str, teacher: str, tmp_path: Path):
     model = _build(name, teacher, width=8).eval()
     path = tmp_path / "m.ckpt"
-    _save(model, path)
+    save_checkpoint(model, path)
     loaded = load_module(path, name)
     inputs, _ = _batch(name, 4)
     assert loaded.hparams["width"] == 8

@@ -18,8 +18,11 @@ def test_experiments_directory_is_not_empty():
 
 
 @pytest.mark.parametrize("path", SPEC_FILES, ids=lambda p: p.name)
-def test_every_checked_in_spec_loads(path: Path):
-    spec = load_spec(path)
+def test_every_checked_in_spec_loads(path: Path, teacher_checkpoint: str):
+    raw = yaml.safe_load(path.read_text())
+    needs_teacher = "teacher_checkpoint" in raw.get("model", {}).get("params", {})
+    overrides = [f"model.params.teacher_checkpoint={teacher_checkpoint}"] if needs_teacher else []
+    spec = load_spec(path, overrides)
     assert spec.name == path.stem
     assert spec.search_space, "each experiment defines a search space"
     first_line = path.read_text().splitlines()[0]
@@ -95,3 +98,13 @@ def test_defaults_fill_missing_sections(tmp_path: Path):
     )
     assert spec.model.name == "cnn" and spec.data.name == "mnist_subset"
     assert spec.tracking.root == "mlruns"
+
+
+def test_required_and_missing_checkpoint_arguments_are_named(tmp_path: Path):
+    distill = EXPERIMENTS / "mnist_distill.yaml"
+    with pytest.raises(SpecError, match="model.params.teacher_checkpoint: file not found"):
+        load_spec(distill, [f"model.params.teacher_checkpoint={tmp_path / 'none.ckpt'}"])
+    raw = yaml.safe_load(distill.read_text())
+    del raw["model"]["params"]["teacher_checkpoint"]
+    with pytest.raises(SpecError, match="model.params.teacher_checkpoint: required"):
+        load_spec(_write(tmp_path, raw))

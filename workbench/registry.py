@@ -92,6 +92,13 @@ def model_arguments(name: str) -> set[str]:
     return {p for p in params if p != "self"} - DATA_PROVIDED_ARGS
 
 
+def required_model_arguments(name: str) -> set[str]:
+    """Hyperparameters of ``name`` that have no default, so a spec must set them."""
+    params = inspect.signature(model_class(name).__init__).parameters
+    required = {p for p, v in params.items() if v.default is inspect.Parameter.empty}
+    return required - {"self"} - DATA_PROVIDED_ARGS
+
+
 def build_model(name: str, **hparams: Any) -> Any:
     """Construct the registered LightningModule ``name`` with explicit hyperparameters."""
     return model_class(name)(**hparams)

@@ -333,6 +333,15 @@ def _check_against_registry(spec: ExperimentSpec) -> None:
             f"model.params.{key}",
             f"not an argument of {spec.model.name!r}; valid: {', '.join(sorted(valid))}",
         )
+    for key in sorted(registry.required_model_arguments(spec.model.name)):
+        _require(
+            key in spec.model.params or key in spec.search_space,
+            f"model.params.{key}",
+            f"required by {spec.model.name!r}",
+        )
+    for key, value in spec.model.params.items():
+        if key.endswith("checkpoint"):
+            _require(Path(str(value)).is_file(), f"model.params.{key}", f"file not found: {value}")
     for key in spec.search_space:
         if "." in key:
             section, _, name = key.partition(".")

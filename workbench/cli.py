@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     study.add_argument(
         "--trials", type=int, help="total finished trials to reach (default: the spec's)"
     )
+    study.add_argument("--workers", type=int, help="worker processes on this machine (default: 1)")
     study.add_argument(
         "--set",
         dest="overrides",
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         return handlers[args.command](args)
-    except (ValueError, LookupError, FileNotFoundError) as exc:
+    except (ValueError, LookupError, FileNotFoundError, ConnectionError) as exc:
         print(f"workbench: error: {exc}", file=sys.stderr)
         return 2
 
@@ -85,7 +86,7 @@ def _study(args: argparse.Namespace) -> int:
     from workbench.study import run_study
 
     try:
-        result = run_study(spec, trials=args.trials)
+        result = run_study(spec, trials=args.trials, workers=args.workers)
     except KeyboardInterrupt:
         return 130
     root = Path(spec.tracking.root)
@@ -163,13 +164,11 @@ def _export(args: argparse.Namespace) -> int:
     from workbench.spec import load_spec
 
     spec = load_spec(args.spec, args.overrides)
-    import optuna
-
     from workbench.deploy.export import export_onnx, export_torchscript, onnx_max_abs_difference
-    from workbench.study import storage_url
+    from workbench.study import load_best_trial
     from workbench.train import build_datamodule, load_module
 
-    best = optuna.load_study(study_name=spec.name, storage=storage_url(spec)).best_trial
+    best = load_best_trial(spec)
     network = load_module(best.user_attrs["checkpoint"], spec.model.name).net.eval()
     inputs = build_datamodule(spec).split("test")[0][:64]
     out = Path(args.out)

@@ -116,9 +116,37 @@ class StudySpec:
     pruner_options: dict[str, Any] = field(default_factory=dict)
     progress_bar: bool = True
     """One bar over the study's trials, with a line per finished trial."""
+    extra_objectives: dict[str, str] = field(default_factory=dict)
+    """Further objectives, e.g. ``{params/count: minimize}``: a multi-objective study (NSGA-II)."""
+    workers: int = 1
+    """Worker processes on this machine sharing the study's storage."""
+    heartbeat_s: int = 15
+    """Trial heartbeat; a trial silent for 4 heartbeats (a killed worker) is failed and retried."""
+    retries: int = 1
+    """How many times a trial whose worker died is re-queued with the same parameters."""
 
     def check(self) -> None:
         _require(self.trials >= 1, "study.trials", "must be >= 1")
+        _require(self.workers >= 1, "study.workers", "must be >= 1")
+        _require(self.heartbeat_s >= 1, "study.heartbeat_s", "must be >= 1")
+        _require(self.retries >= 0, "study.retries", "must be >= 0")
+        for name, direction in self.extra_objectives.items():
+            _require(
+                name in {"params/count", "latency/batch1_ms"},
+                f"study.extra_objectives.{name}",
+                "supported: params/count, latency/batch1_ms",
+            )
+            _require(
+                direction in {"maximize", "minimize"},
+                f"study.extra_objectives.{name}",
+                f"must be 'maximize' or 'minimize'; got {direction!r}",
+            )
+        if self.extra_objectives:
+            _require(
+                self.pruner == "none",
+                "study.pruner",
+                "Optuna cannot prune a multi-objective study: use pruner: none",
+            )
         _require(
             self.direction in {"maximize", "minimize"},
             "study.direction",

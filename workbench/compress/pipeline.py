@@ -39,18 +39,12 @@ def compress_best(
     log: bool = True,
 ) -> CompressionReport:
     """Compress the best trial of ``spec``'s study; return (and log) the report."""
-    import optuna
-
     from workbench import tracking
     from workbench.compress.distill import DistilledCNN
-    from workbench.study import storage_url
+    from workbench.study import load_best_trial
     from workbench.train import build_datamodule, fit, load_module
 
-    study = optuna.load_study(study_name=spec.name, storage=storage_url(spec))
-    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not completed:
-        raise LookupError(f"study {spec.name!r} has no completed trial to compress")
-    best = study.best_trial
+    best = load_best_trial(spec)
     checkpoint = best.user_attrs["checkpoint"]
     if not Path(checkpoint).is_file():
         raise FileNotFoundError(f"best trial's checkpoint is missing: {checkpoint}")

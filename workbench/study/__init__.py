@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import sqlite3
-import tempfile
 import time
-from dataclasses import dataclass, field
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,15 @@ import optuna
 from tqdm.auto import tqdm
 
 from workbench import tracking
-from workbench.spec import ExperimentSpec, ParamSpec, SpecError, apply_override, load_spec
+from workbench.spec import ExperimentSpec, apply_override, load_spec
+from workbench.study.config import (
+    make_pruner,
+    make_sampler,
+    open_storage,
+    sample_params,
+    storage_url,
+)
+from workbench.study.summary import StudyResult, finish_study, load_best_trial
 
 FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 MLFLOW_STATUS = {
@@ -29,187 +35,144 @@ MLFLOW_STATUS = {
     optuna.trial.TrialState.FAIL: "FAILED",
 }
 
-
-@dataclass
-class StudyResult:
-    """The outcome of ``run_study``: where everything is, and the best trial's figures."""
-
-    study_name: str
-    storage_url: str
-    tracking_uri: str
-    parent_run_id: str
-    n_complete: int
-    n_pruned: int
-    n_failed: int
-    best_trial: int | None = None
-    best_value: float | None = None
-    best_params: dict[str, Any] = field(default_factory=dict)
-    best_run_id: str | None = None
-    test_metrics: dict[str, float] = field(default_factory=dict)
-    model_uri: str | None = None
-    registered_model: str | None = None
-    registered_version: int | None = None
-
-    def load_study(self) -> optuna.Study:
-        return optuna.load_study(study_name=self.study_name, storage=self.storage_url)
+__all__ = ["StudyResult", "load_best_trial", "run_study", "storage_url"]
 
 
-# --- samplers, pruners, storage ---------------------------------------------------------------
-def make_sampler(spec: ExperimentSpec) -> optuna.samplers.BaseSampler:
-    """The spec's sampler; a wrong name or option names the field."""
-    options = dict(spec.study.sampler_options)
-    name = spec.study.sampler
-    factories = {
-        # constant_liar is set explicitly: Optuna 5 turned it on by default, 4.x had it off. On, it
-        # keeps parallel workers from proposing the same point while trials are running.
-        "tpe": lambda: optuna.samplers.TPESampler(
-            seed=spec.seed, **{"constant_liar": True, "multivariate": True, **options}
-        ),
-        "random": lambda: optuna.samplers.RandomSampler(seed=spec.seed, **options),
-    }
-    if name not in factories:
-        raise SpecError(f"study.sampler: unknown sampler {name!r}; valid: {', '.join(factories)}")
-    try:
-        return factories[name]()
-    except TypeError as exc:
-        raise SpecError(f"study.sampler_options: {exc}") from exc
-
-
-def make_pruner(spec: ExperimentSpec) -> optuna.pruners.BasePruner:
-    """The spec's pruner; a wrong name or option names the field."""
-    options = dict(spec.study.pruner_options)
-    epochs = spec.trainer.max_epochs
-    factories = {
-        "median": lambda: optuna.pruners.MedianPruner(
-            **{"n_startup_trials": 2, "n_warmup_steps": 1, **options}
-        ),
-        "percentile": lambda: optuna.pruners.PercentilePruner(**{"percentile": 25.0, **options}),
-        "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(**options),
-        "hyperband": lambda: optuna.pruners.HyperbandPruner(
-            **{"min_resource": 1, "max_resource": epochs, **options}
-        ),
-        "threshold": lambda: optuna.pruners.ThresholdPruner(**options),
-        "none": lambda: optuna.pruners.NopPruner(**options),
-    }
-    name = spec.study.pruner
-    if name not in factories:
-        raise SpecError(f"study.pruner: unknown pruner {name!r}; valid: {', '.join(factories)}")
-    try:
-        return factories[name]()
-    except (TypeError, ValueError) as exc:
-        raise SpecError(f"study.pruner_options: {exc}") from exc
-
-
-def storage_url(spec: ExperimentSpec) -> str:
-    root = Path(spec.tracking.root).resolve()
-    return spec.tracking.optuna_storage or f"sqlite:///{root / 'optuna.db'}"
-
-
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """RDB storage with heartbeats, so a worker killed mid-trial is failed on the next start."""
-    engine_kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # WAL lets readers (optuna-dashboard, other workers) in while a trial writes; it persists
-        # in the file. A generous busy timeout rides out short write locks.
-        with sqlite3.connect(path) as connection:
-            connection.execute("PRAGMA journal_mode=WAL")
-        engine_kwargs = {"connect_args": {"timeout": 60}}
-    return optuna.storages.RDBStorage(
-        url, engine_kwargs=engine_kwargs, heartbeat_interval=15, grace_period=60
-    )
-
-
-def sample_params(space: dict[str, ParamSpec], trial: optuna.Trial) -> dict[str, Any]:
-    """Draw one value per searched hyperparameter."""
-    values: dict[str, Any] = {}
-    for key, p in space.items():
-        if p.type == "categorical":
-            values[key] = trial.suggest_categorical(key, p.choices)
-        elif p.type == "int":
-            values[key] = trial.suggest_int(
-                key, int(p.low), int(p.high), step=int(p.step or 1), log=p.log
-            )
-        else:
-            values[key] = trial.suggest_float(key, p.low, p.high, step=p.step, log=p.log)
-    return values
-
-
-# --- the study ----------------------------------------------------------------------------------
 def run_study(
     spec: ExperimentSpec | str | Path,
     trials: int | None = None,
     overrides: list[str] | tuple[str, ...] = (),
+    workers: int | None = None,
 ) -> StudyResult:
-    """Run (or resume) the spec's study until ``trials`` trials have finished; return the best."""
+    """Run (or resume) the spec's study until ``trials`` trials have finished; return the best.
+
+    With ``workers`` > 1, that many processes on this machine share the study's storage; other
+    machines join by running the same spec against the same database URL.
+    """
     if not isinstance(spec, ExperimentSpec):
         spec = load_spec(spec, overrides)
     elif overrides:
         raise ValueError("pass overrides with a spec path, or apply them with load_spec")
+    study_spec = spec.study
     if trials is not None:
-        if trials < 1:
-            raise SpecError(f"study.trials: must be >= 1, got {trials}")
-        spec = dataclasses.replace(spec, study=dataclasses.replace(spec.study, trials=trials))
-    sampler, pruner = make_sampler(spec), make_pruner(spec)  # bad names fail before any work
+        study_spec = dataclasses.replace(study_spec, trials=trials)
+    if workers is not None:
+        study_spec = dataclasses.replace(study_spec, workers=workers)
+    spec = dataclasses.replace(spec, study=study_spec)
+    spec.study.check()
+    make_sampler(spec), make_pruner(spec)  # bad names and options fail before any work
 
     from workbench.train import build_datamodule
 
     data = build_datamodule(spec)
     data.setup()  # a missing or broken data file fails here, before any run is opened
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = storage_url(spec)
-    study = optuna.create_study(
-        study_name=spec.name,
-        storage=open_storage(url),
-        sampler=sampler,
-        pruner=pruner,
-        direction=spec.study.direction,
-        load_if_exists=True,
-    )
+    study = _open_study(spec)  # an unreachable database fails here
     store = tracking.open_store(
         spec.tracking.root, spec.tracking.experiment, spec.tracking.mlflow_uri
     )
     parent = _open_study_run(store, spec, data)
-    optuna.storages.fail_stale_trials(study)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
     _repair_orphan_runs(store, study, parent)
 
     done = sum(t.state in FINISHED_STATES for t in study.get_trials(deepcopy=False))
     remaining = spec.study.trials - done
-    print(f"study {spec.name!r}: {done} trials finished, running {max(remaining, 0)} more")
+    on = f" on {spec.study.workers} workers" if spec.study.workers > 1 else ""
+    print(f"study {spec.name!r}: {done} trials finished, running {max(remaining, 0)} more{on}")
+    helpers = []
     try:
         if remaining > 0:
-            study.optimize(
-                _Objective(spec, data, store, parent),
-                n_trials=remaining,
-                catch=(
-                    FloatingPointError,
-                ),  # a diverged trial is recorded FAILED; the study goes on
-                gc_after_trial=True,
-                callbacks=[_report_trial],
-                show_progress_bar=spec.study.progress_bar,
-            )
+            helpers = [_start_worker(spec, parent, i) for i in range(1, spec.study.workers)]
+            _optimize(spec, study, data, store, parent, remaining)
+            for helper in helpers:
+                helper.join()
+            if any(helper.exitcode != 0 for helper in helpers):
+                raise RuntimeError("a worker process failed; re-run the same command to resume")
     except KeyboardInterrupt:
+        _stop_workers(helpers)
         tracking.end_run(store, parent, "KILLED", "interrupted; re-run the same command to resume")
         print(f"\nstudy {spec.name!r} interrupted: finished trials are kept; re-run to resume")
         raise
-    result = _finish_study(spec, study, store, parent, data)
+    _repair_orphan_runs(store, study, parent)
+    result = finish_study(spec, study, store, parent, data)
     tracking.end_run(store, parent, "FINISHED")
     return result
 
 
-def _report_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    value = f"{trial.value:.4f}" if trial.value is not None else "-"
-    best = (
-        f"{study.best_value:.4f}"
-        if any(
-            t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False)
-        )
-        else "-"
+def _open_study(spec: ExperimentSpec, worker: int = 0) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    directions = [spec.study.direction, *spec.study.extra_objectives.values()]
+    # Each worker seeds its sampler differently, or all would propose the same first points.
+    seeded = dataclasses.replace(spec, seed=spec.seed + worker)
+    return optuna.create_study(
+        study_name=spec.name,
+        storage=open_storage(storage_url(spec), spec.study.heartbeat_s, spec.study.retries),
+        sampler=make_sampler(seeded),
+        pruner=make_pruner(spec),
+        directions=directions,
+        load_if_exists=True,
     )
+
+
+def _optimize(spec: ExperimentSpec, study: optuna.Study, data, store, parent: str, n: int) -> None:
+    from optuna.study import MaxTrialsCallback
+
+    study.optimize(
+        _Objective(spec, data, store, parent),
+        n_trials=n,
+        catch=(FloatingPointError,),  # a diverged trial is recorded FAILED; the study goes on
+        gc_after_trial=True,
+        # Workers stop together once the study as a whole has its finished trials.
+        callbacks=[MaxTrialsCallback(spec.study.trials, states=FINISHED_STATES), _report_trial],
+        show_progress_bar=spec.study.progress_bar and spec.study.workers == 1,
+    )
+
+
+def _start_worker(spec: ExperimentSpec, parent: str, index: int):
+    """A worker process on this machine, sharing the storage and the parent MLflow run."""
+    import multiprocessing
+
+    process = multiprocessing.get_context("spawn").Process(
+        target=_worker_main, args=(spec.to_dict(), parent, index), daemon=False
+    )
+    process.start()
+    return process
+
+
+def _worker_main(raw_spec: dict, parent: str, index: int) -> None:
+    import os
+    import signal
+
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process stops workers on Ctrl-C
+    spec = load_spec(raw_spec)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.study.workers))
+    from workbench.train import build_datamodule
+
+    data = build_datamodule(spec)
+    study = _open_study(spec, worker=index)
+    store = tracking.open_store(
+        spec.tracking.root, spec.tracking.experiment, spec.tracking.mlflow_uri
+    )
+    done = sum(t.state in FINISHED_STATES for t in study.get_trials(deepcopy=False))
+    if spec.study.trials > done:
+        _optimize(spec, study, data, store, parent, spec.study.trials - done)
+
+
+def _stop_workers(helpers) -> None:
+    for helper in helpers:
+        if helper.is_alive():
+            helper.terminate()  # SIGTERM: the running trial is recorded and its run closed
+    for helper in helpers:
+        helper.join(timeout=60)
+
+
+def _report_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    value = ", ".join(f"{v:.4f}" for v in trial.values) if trial.values else "-"
     tqdm.write(
-        f"trial {trial.number:3d} {trial.state.name:8s} value={value} best={best}  "
+        f"trial {trial.number:3d} {trial.state.name:8s} value={value}  "
         + " ".join(
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()
         )
@@ -265,7 +228,10 @@ class _Objective:
                 checkpoint_dir,
                 monitor=spec.study.metric,
                 mode=_mode(spec),
-                callbacks=[PyTorchLightningPruningCallback(trial, monitor=spec.study.metric)],
+                # Optuna cannot prune a trial with several objectives.
+                callbacks=[PyTorchLightningPruningCallback(trial, monitor=spec.study.metric)]
+                if not spec.study.extra_objectives
+                else [],
                 on_epoch=lambda epoch, metrics: tracking.log_metrics(store, run_id, metrics, epoch),
             )
         except optuna.TrialPruned:
@@ -311,7 +277,28 @@ class _Objective:
         trial.set_user_attr("model_uri", model_uri)
         trial.set_user_attr("test_metrics", result.test_metrics)
         tracking.end_run(store, run_id, "FINISHED")
+        if spec.study.extra_objectives:
+            extra = objective_values(model.net, data, spec.study.extra_objectives)
+            trial.set_user_attr("objectives", extra)
+            return (result.best_score, *extra.values())
         return result.best_score  # Optuna's gc_after_trial frees the model afterwards
+
+
+EXTRA_OBJECTIVES = ("params/count", "latency/batch1_ms")
+
+
+def objective_values(network, data, names) -> dict[str, float]:
+    """Secondary objectives of a multi-objective study, measured on the trained network."""
+    from workbench.compress.report import latency_ms
+
+    values = {}
+    for name in names:
+        if name == "params/count":
+            values[name] = float(sum(p.numel() for p in network.parameters()))
+        elif name == "latency/batch1_ms":
+            example = data.split("test")[0][:1]
+            values[name] = latency_ms(network.cpu().eval(), example, repeats=20)
+    return values
 
 
 def _mode(spec: ExperimentSpec) -> str:
@@ -397,63 +384,3 @@ def _repair_orphan_runs(store: tracking.Store, study: optuna.Study, parent: str)
         tracking.end_run(store, run.info.run_id, status, f"closed on resume: trial state {state}")
         repaired += 1
     return repaired
-
-
-def _finish_study(
-    spec, study: optuna.Study, store: tracking.Store, parent: str, data
-) -> StudyResult:
-    """Register the best model, log the study summary to the parent run, explain the best model."""
-    from workbench import plots
-
-    trials = study.get_trials(deepcopy=False)
-    count = {s: sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
-    result = StudyResult(
-        study_name=spec.name,
-        storage_url=storage_url(spec),
-        tracking_uri=store.tracking_uri,
-        parent_run_id=parent,
-        n_complete=count[optuna.trial.TrialState.COMPLETE],
-        n_pruned=count[optuna.trial.TrialState.PRUNED],
-        n_failed=count[optuna.trial.TrialState.FAIL],
-    )
-    tracking.log_metrics(
-        store,
-        parent,
-        {
-            "trials/complete": result.n_complete,
-            "trials/pruned": result.n_pruned,
-            "trials/failed": result.n_failed,
-        },
-    )
-    if result.n_complete == 0:
-        return result
-    best = study.best_trial
-    result.best_trial, result.best_value, result.best_params = best.number, best.value, best.params
-    result.best_run_id = best.user_attrs["mlflow_run_id"]
-    result.model_uri = best.user_attrs["model_uri"]
-    result.test_metrics = dict(best.user_attrs.get("test_metrics", {}))
-    result.registered_model = spec.tracking.register_as or spec.name
-    result.registered_version = tracking.register_model(
-        store, result.model_uri, result.registered_model, result.best_run_id
-    )
-    tracking.set_tags(store, parent, {"best_trial": best.number, "best_run_id": result.best_run_id})
-    tracking.log_metrics(
-        store,
-        parent,
-        {
-            f"best/{spec.study.metric.replace('/', '_')}": best.value,
-            **{f"best/{k.replace('/', '_')}": v for k, v in result.test_metrics.items()},
-        },
-    )
-    tracking.log_figure(
-        store, parent, plots.optimization_history(study), "plots/optimization_history.png"
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "trials.csv"
-        study.trials_dataframe().to_csv(path, index=False)
-        tracking.log_file(store, parent, path)
-    if spec.explain.enabled:
-        from workbench.explain import explain_best
-
-        explain_best(spec, best, store, data)
-    return result

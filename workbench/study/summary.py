@@ -1,0 +1,163 @@
+"""After a study: register the best model, log Optuna's plots and a CSV of trials to the parent
+run, and explain the best model."""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from workbench import tracking
+from workbench.spec import ExperimentSpec
+from workbench.study.config import storage_url
+
+
+@dataclass
+class StudyResult:
+    """The outcome of ``run_study``: where everything is, and the best trial's figures."""
+
+    study_name: str
+    storage_url: str
+    tracking_uri: str
+    parent_run_id: str
+    n_complete: int
+    n_pruned: int
+    n_failed: int
+    best_trial: int | None = None
+    best_value: float | None = None
+    best_params: dict[str, Any] = field(default_factory=dict)
+    best_run_id: str | None = None
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    model_uri: str | None = None
+    registered_model: str | None = None
+    registered_version: int | None = None
+    pareto_trials: list[int] = field(default_factory=list)
+
+    def load_study(self) -> optuna.Study:
+        return optuna.load_study(study_name=self.study_name, storage=self.storage_url)
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """The best trial; for several objectives, the Pareto trial best on the first objective."""
+    if len(study.directions) == 1:
+        return study.best_trial
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    front = study.best_trials
+    return (max if maximize else min)(front, key=lambda t: t.values[0])
+
+
+def load_best_trial(spec: ExperimentSpec) -> optuna.trial.FrozenTrial:
+    """The best completed trial of the spec's study (for compression and export)."""
+    study = optuna.load_study(study_name=spec.name, storage=storage_url(spec))
+    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+        raise LookupError(f"study {spec.name!r} has no completed trial")
+    return best_trial(study)
+
+
+def finish_study(
+    spec, study: optuna.Study, store: tracking.Store, parent: str, data
+) -> StudyResult:
+    """Register the best model, log the study summary to the parent run, explain the best model."""
+    trials = study.get_trials(deepcopy=False)
+    count = {s: sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
+    result = StudyResult(
+        study_name=spec.name,
+        storage_url=storage_url(spec),
+        tracking_uri=store.tracking_uri,
+        parent_run_id=parent,
+        n_complete=count[optuna.trial.TrialState.COMPLETE],
+        n_pruned=count[optuna.trial.TrialState.PRUNED],
+        n_failed=count[optuna.trial.TrialState.FAIL],
+    )
+    tracking.log_metrics(
+        store,
+        parent,
+        {
+            "trials/complete": result.n_complete,
+            "trials/pruned": result.n_pruned,
+            "trials/failed": result.n_failed,
+        },
+    )
+    _log_trials_csv(study, store, parent)
+    if result.n_complete == 0:
+        return result
+    best = best_trial(study)
+    result.best_trial, result.best_value, result.best_params = (
+        best.number,
+        best.values[0],
+        best.params,
+    )
+    result.best_run_id = best.user_attrs["mlflow_run_id"]
+    result.model_uri = best.user_attrs["model_uri"]
+    result.test_metrics = dict(best.user_attrs.get("test_metrics", {}))
+    if len(study.directions) > 1:
+        result.pareto_trials = sorted(t.number for t in study.best_trials)
+    result.registered_model = spec.tracking.register_as or spec.name
+    result.registered_version = tracking.register_model(
+        store, result.model_uri, result.registered_model, result.best_run_id
+    )
+    tracking.set_tags(store, parent, {"best_trial": best.number, "best_run_id": result.best_run_id})
+    tracking.log_metrics(
+        store,
+        parent,
+        {
+            f"best/{spec.study.metric.replace('/', '_')}": result.best_value,
+            **{f"best/{k.replace('/', '_')}": v for k, v in result.test_metrics.items()},
+        },
+    )
+    for name, figure in study_figures(study, spec).items():
+        tracking.log_figure(store, parent, figure, f"plots/{name}.png")
+    if spec.explain.enabled:
+        from workbench.explain import explain_best
+
+        explain_best(spec, best, store, data)
+    return result
+
+
+def study_figures(study: optuna.Study, spec: ExperimentSpec) -> dict:
+    """Optuna's own plots of the study, each as a figure detached from pyplot."""
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as optuna_plots
+
+    names = [f"{spec.study.metric}"] + list(spec.study.extra_objectives)
+    single = len(study.directions) == 1
+    target = None if single else (lambda t: t.values[0])
+    plotters = {
+        "parallel_coordinate": lambda: optuna_plots.plot_parallel_coordinate(
+            study, target=target, target_name=names[0]
+        ),
+        "slice": lambda: optuna_plots.plot_slice(study, target=target, target_name=names[0]),
+    }
+    if single:
+        plotters["optimization_history"] = lambda: optuna_plots.plot_optimization_history(study)
+    else:
+        plotters["pareto_front"] = lambda: optuna_plots.plot_pareto_front(study, target_names=names)
+    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(completed) >= 2 and study.trials[0].params:
+        plotters["param_importances"] = lambda: optuna_plots.plot_param_importances(
+            study, target=target, target_name=names[0]
+        )
+    figures = {}
+    for name, plot in plotters.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+            try:
+                drawn = plot()
+            except (ValueError, RuntimeError):  # e.g. importances of a parameter with one value
+                continue
+        axes = drawn if hasattr(drawn, "figure") else drawn.flat[0]
+        figure = axes.figure
+        plt.close(figure)  # detach from pyplot; the figure stays usable for saving and display
+        figures[name] = figure
+    return figures
+
+
+def _log_trials_csv(study: optuna.Study, store: tracking.Store, parent: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trials.csv"
+        study.trials_dataframe().to_csv(path, index=False)
+        tracking.log_file(store, parent, path)

@@ -20,6 +20,7 @@ demo: $(STAMP)  ## the main job: an Optuna study of the MNIST CNN, tracked in ml
 	$(BIN)/workbench study experiments/mnist_cnn.yaml $(if $(TRIALS),--trials $(TRIALS))
 
 test: $(STAMP)  ## the whole test suite (tiny configs; slow tests included)
+	bash scripts/system-deps.sh
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)  ## benchmarks; results go to docs/benchmarks.md by hand, with machine and date

@@ -129,13 +129,15 @@ def test_ctrl_c_mid_trial_then_resume_keeps_completed_trials(tmp_path: Path):
     deadline = time.time() + 180
     while time.time() < deadline and process.poll() is None:
         time.sleep(1)
-        if database.exists():
+        try:
             with sqlite3.connect(database) as connection:
                 rows = connection.execute(
                     "select count(*) from trial_intermediate_values"
                 ).fetchone()
-            if rows[0] >= 2:
-                break
+        except sqlite3.OperationalError:  # the study has not created its tables yet
+            continue
+        if rows[0] >= 2:
+            break
     assert process.poll() is None, "the study ended before it could be interrupted"
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=120)

@@ -152,6 +152,7 @@ def _worker_main(raw_spec: dict, parent: str, index: int) -> None:
     from workbench.train import build_datamodule
 
     data = build_datamodule(spec)
+    data.setup()
     study = _open_study(spec, worker=index)
     store = tracking.open_store(
         spec.tracking.root, spec.tracking.experiment, spec.tracking.mlflow_uri

@@ -156,11 +156,8 @@ def register_model(
 ) -> int:
     """Register ``model_uri`` as a new version of ``name`` and point ``alias`` at it."""
     client = store.client
-    try:
-        client.get_registered_model(name)
-    except mlflow.exceptions.MlflowException:
-        client.create_registered_model(name)
-    version = client.create_model_version(name, model_uri, run_id=run_id)
+    # mlflow.register_model links the version to the logged model (a tracking server insists).
+    version = mlflow.register_model(model_uri, name, await_registration_for=0)
     client.set_registered_model_alias(name, alias, version.version)
     return int(version.version)
 

@@ -75,3 +75,25 @@ def optimization_history(study) -> Figure:
         ax = plot_optimization_history(study)
     plt.close(ax.figure)  # detach from pyplot; the figure stays usable for saving and display
     return ax.figure
+
+
+def image_grid(images, title: str = "", labels: Sequence[str] | None = None) -> Figure:
+    """Grayscale images (rows, cols, H, W) or (n, H, W) on a grid, in [0, 1]; optional labels."""
+    grid = np.asarray(images, dtype=np.float32)
+    if grid.ndim == 3:
+        cols = int(np.ceil(np.sqrt(len(grid))))
+        padded = np.zeros((cols * cols, *grid.shape[1:]), np.float32)
+        padded[: len(grid)] = grid
+        grid = padded.reshape(cols, cols, *grid.shape[1:])
+    rows, cols = grid.shape[:2]
+    figure = Figure(figsize=(cols * 0.8 + 0.2, rows * 0.8 + (0.5 if title else 0.2)))
+    axes = np.atleast_2d(figure.subplots(rows, cols, squeeze=False))
+    for index, ax in enumerate(axes.flat):
+        ax.imshow(grid[index // cols, index % cols], cmap="gray", vmin=0, vmax=1)
+        ax.set_axis_off()
+        if labels is not None and index < len(labels):
+            ax.set_title(labels[index], fontsize=7, pad=1)
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.9 if title else 0.99)
+    return figure

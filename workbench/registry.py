@@ -13,11 +13,25 @@ from collections.abc import Callable
 from typing import Any
 
 # Imported on first lookup, so `import workbench` stays cheap (these pull in torch and Lightning).
-_MODEL_MODULES = ("workbench.models.cnn", "workbench.compress.distill")
-_DATA_MODULES = ("workbench.data.images",)
+_MODEL_MODULES = (
+    "workbench.models.cnn",
+    "workbench.models.mlp",
+    "workbench.models.rnn",
+    "workbench.models.transformer",
+    "workbench.models.autoencoder",
+    "workbench.models.gan",
+    "workbench.models.dqn",
+    "workbench.compress.distill",
+)
+_DATA_MODULES = (
+    "workbench.data.images",
+    "workbench.data.tabular",
+    "workbench.data.sequences",
+    "workbench.data.rl",
+)
 
 # Constructor arguments that the data module supplies, not the spec.
-DATA_PROVIDED_ARGS = frozenset({"input_shape", "num_classes"})
+DATA_PROVIDED_ARGS = frozenset({"input_shape", "num_classes", "task", "env"})
 
 _MODELS: dict[str, type] = {}
 
@@ -86,10 +100,14 @@ def data_factory(name: str) -> Callable[..., Any]:
     return _DATA[name]
 
 
+def constructor_arguments(name: str) -> set[str]:
+    """Every argument of the constructor of ``name``."""
+    return set(inspect.signature(model_class(name).__init__).parameters) - {"self"}
+
+
 def model_arguments(name: str) -> set[str]:
     """Hyperparameters a spec may set for ``name``: constructor arguments the data does not fix."""
-    params = inspect.signature(model_class(name).__init__).parameters
-    return {p for p in params if p != "self"} - DATA_PROVIDED_ARGS
+    return constructor_arguments(name) - DATA_PROVIDED_ARGS
 
 
 def required_model_arguments(name: str) -> set[str]:

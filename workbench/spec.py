@@ -17,6 +17,12 @@ from typing import Any
 import yaml
 
 
+# A checkpoint given as "study:NAME" means the best trial's checkpoint of study NAME in the same
+# storage (resolved by ``workbench.study.run_study``), e.g. a distillation teacher or GAN judge.
+STUDY_REFERENCE = "study:"
+IMAGE_DATA = frozenset({"mnist_subset", "digits", "idx"})
+
+
 class SpecError(ValueError):
     """A spec field is unknown, of the wrong type or holds an impossible value."""
 
@@ -36,6 +42,10 @@ class DataSpec:
     """Stratified subsample before splitting: tiny runs for tests and notebooks."""
     on_device: bool = True
     """Keep the in-memory splits on the model's device and batch them there (no DataLoader)."""
+    normalize: bool = True
+    """Standardise inputs with statistics of the training split; off keeps [0, 1] pixels."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Arguments of the data family itself, e.g. ``{length: 100}`` for ``adding``."""
 
     def check(self) -> None:
         _require(0 < self.val_fraction < 0.5, "data.val_fraction", "must be in (0, 0.5)")
@@ -368,8 +378,18 @@ def _check_against_registry(spec: ExperimentSpec) -> None:
             f"required by {spec.model.name!r}",
         )
     for key, value in spec.model.params.items():
-        if key.endswith("checkpoint"):
+        if key.endswith("checkpoint") and not str(value).startswith(STUDY_REFERENCE):
             _require(Path(str(value)).is_file(), f"model.params.{key}", f"file not found: {value}")
+    if spec.explain.enabled:
+        from workbench.models.supervised import SupervisedModule
+
+        _require(
+            spec.data.name in IMAGE_DATA
+            and issubclass(registry.model_class(spec.model.name), SupervisedModule),
+            "explain.enabled",
+            f"the study explains image classifiers only, not {spec.model.name!r} on "
+            f"{spec.data.name!r} data; set it to false",
+        )
     for key in spec.search_space:
         if "." in key:
             section, _, name = key.partition(".")

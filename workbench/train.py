@@ -23,7 +23,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from workbench import registry
-from workbench.spec import ExperimentSpec, TrainerSpec
+from workbench.spec import ExperimentSpec, SpecError, TrainerSpec
 
 # Lightning announces GPU/TPU availability and product tips at INFO for every Trainer: once per
 # trial that drowns the study's own progress lines. Warnings and errors still show.
@@ -93,16 +93,20 @@ def build_datamodule(spec: ExperimentSpec) -> pl.LightningDataModule:
     name = options.pop("name")
     if options["path"] is None:
         options.pop("path")
-    return registry.build_data(name, seed=spec.seed, **options)
+    extra = options.pop("options")
+    try:
+        return registry.build_data(name, seed=spec.seed, **extra, **options)
+    except TypeError as exc:  # an option the data family does not take
+        raise SpecError(f"data.options: {exc}") from exc
 
 
 def build_model(
     spec: ExperimentSpec, data: pl.LightningDataModule, **hparams: Any
 ) -> pl.LightningModule:
     """The spec's model, sized by the data, with the spec's fixed params and a trial's params."""
-    return registry.build_model(
-        spec.model.name, **data.model_kwargs(), **{**spec.model.params, **hparams}
-    )
+    accepted = registry.constructor_arguments(spec.model.name)
+    sized = {k: v for k, v in data.model_kwargs().items() if k in accepted}
+    return registry.build_model(spec.model.name, **sized, **{**spec.model.params, **hparams})
 
 
 def build_trainer(

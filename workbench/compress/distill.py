@@ -4,18 +4,11 @@ and the mixing weight like any other hyperparameter."""
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
-from workbench.models.classification import (
-    adamw_with_cosine,
-    classification_metrics,
-    classification_step,
-    confusion_matrix_metric,
-    log_epoch_metrics,
-)
 from workbench.models.cnn import ConvNet
+from workbench.models.supervised import SupervisedModule
 from workbench.registry import register_model
 
 
@@ -40,7 +33,7 @@ def distillation_loss(
 
 
 @register_model("distilled_cnn")
-class DistilledCNN(pl.LightningModule):
+class DistilledCNN(SupervisedModule):
     """A ConvNet student; the teacher is a trained ``cnn`` checkpoint, loaded safely and frozen."""
 
     def __init__(
@@ -57,47 +50,22 @@ class DistilledCNN(pl.LightningModule):
         temperature: float = 4.0,
         alpha: float = 0.7,
     ) -> None:
-        super().__init__()
+        super().__init__(num_classes)
         from workbench.train import load_module
 
         self.save_hyperparameters()
         self.net = ConvNet(tuple(input_shape), num_classes, width, depth, hidden, dropout)
         self.teacher = load_module(teacher_checkpoint, "cnn").net.eval().requires_grad_(False)
-        self.train_metrics = classification_metrics(num_classes, "train")
-        self.val_metrics = classification_metrics(num_classes, "val")
-        self.test_metrics = classification_metrics(num_classes, "test")
-        self.test_confusion = confusion_matrix_metric(num_classes)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
 
     def training_step(self, batch, batch_idx):
         images, targets = batch
-        logits = self(images)
         self.teacher.eval()  # Lightning puts every submodule in train mode each epoch
         with torch.no_grad():
             teacher_logits = self.teacher(images)
+        logits = self(images)
         loss = distillation_loss(
             logits, teacher_logits, targets, self.hparams.temperature, self.hparams.alpha
         )
         self.train_metrics["scores"].update(logits.detach(), targets)
         self.train_metrics["loss"].update(loss.detach(), len(targets))
         return loss
-
-    def validation_step(self, batch, batch_idx):
-        classification_step(self, batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        classification_step(self, batch, "test")
-
-    def on_train_epoch_end(self):
-        log_epoch_metrics(self, "train")
-
-    def on_validation_epoch_end(self):
-        log_epoch_metrics(self, "val")
-
-    def on_test_epoch_end(self):
-        log_epoch_metrics(self, "test")
-
-    def configure_optimizers(self):
-        return adamw_with_cosine(self, self.hparams.lr, self.hparams.weight_decay)

@@ -105,10 +105,12 @@ class ImageDataModule(pl.LightningDataModule):
         augment: bool = False,
         max_samples: int | None = None,
         on_device: bool = True,
+        normalize: bool = True,
         seed: int = 42,
     ) -> None:
         super().__init__()
         self.load = load
+        self.normalize = normalize
         self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
@@ -142,8 +144,7 @@ class ImageDataModule(pl.LightningDataModule):
         x_train, x_val, y_train, y_val = train_test_split(
             x, y, test_size=round(self.val_fraction * total), stratify=y, random_state=self.seed
         )
-        self.mean_ = float(x_train.mean())
-        self.std_ = float(x_train.std()) or 1.0
+        self.mean_, self.std_ = self._statistics(x_train)
         self.fingerprint_ = _fingerprint(x_train, y_train, x_val, y_val, x_test, y_test)
         self.num_classes_ = int(max(y_train.max(), y_val.max(), y_test.max())) + 1
         self.splits_ = {
@@ -154,6 +155,12 @@ class ImageDataModule(pl.LightningDataModule):
                 ("test", x_test, y_test),
             )
         }
+
+    def _statistics(self, x_train: np.ndarray) -> tuple[float, float]:
+        """One mean and standard deviation over all training pixels; (0, 1) keeps raw pixels."""
+        if not self.normalize:  # autoencoders and GANs work on [0, 1] pixels
+            return 0.0, 1.0
+        return float(x_train.mean()), float(x_train.std()) or 1.0
 
     def _to_tensor(self, images: np.ndarray) -> torch.Tensor:
         normalised = (images - self.mean_) / self.std_
@@ -166,10 +173,14 @@ class ImageDataModule(pl.LightningDataModule):
     def model_kwargs(self) -> dict:
         """Constructor arguments the data decides for any model: input shape and class count."""
         self.setup()
-        return {"input_shape": self.input_shape, "num_classes": self.num_classes_}
+        return {
+            "input_shape": self.input_shape,
+            "num_classes": self.num_classes_,
+            "task": "classification",
+        }
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised images (N, 1, H, W) and labels of the ``train``/``val``/``test`` split."""
+        """Model inputs (normalised images (N, 1, H, W)) and labels of the ``train``/``val``/``test`` split."""
         self.setup()
         return self.splits_[name]
 

@@ -6,17 +6,10 @@ wraps it with the loss, metrics and optimiser.
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from workbench.models.classification import (
-    adamw_with_cosine,
-    classification_metrics,
-    classification_step,
-    confusion_matrix_metric,
-    log_epoch_metrics,
-)
+from workbench.models.supervised import SupervisedModule
 from workbench.registry import register_model
 
 
@@ -59,7 +52,7 @@ class ConvNet(nn.Module):
 
 
 @register_model("cnn")
-class CNNClassifier(pl.LightningModule):
+class CNNClassifier(SupervisedModule):
     """ConvNet trained with cross-entropy, AdamW and a cosine schedule."""
 
     def __init__(
@@ -73,34 +66,6 @@ class CNNClassifier(pl.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
     ) -> None:
-        super().__init__()
+        super().__init__(num_classes)
         self.save_hyperparameters()
         self.net = ConvNet(tuple(input_shape), num_classes, width, depth, hidden, dropout)
-        self.train_metrics = classification_metrics(num_classes, "train")
-        self.val_metrics = classification_metrics(num_classes, "val")
-        self.test_metrics = classification_metrics(num_classes, "test")
-        self.test_confusion = confusion_matrix_metric(num_classes)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
-
-    def training_step(self, batch, batch_idx):
-        return classification_step(self, batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        classification_step(self, batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        classification_step(self, batch, "test")
-
-    def on_train_epoch_end(self):
-        log_epoch_metrics(self, "train")
-
-    def on_validation_epoch_end(self):
-        log_epoch_metrics(self, "val")
-
-    def on_test_epoch_end(self):
-        log_epoch_metrics(self, "test")
-
-    def configure_optimizers(self):
-        return adamw_with_cosine(self, self.hparams.lr, self.hparams.weight_decay)

@@ -18,7 +18,7 @@ import optuna
 from tqdm.auto import tqdm
 
 from workbench import tracking
-from workbench.spec import ExperimentSpec, apply_override, load_spec
+from workbench.spec import STUDY_REFERENCE, ExperimentSpec, SpecError, apply_override, load_spec
 from workbench.study.config import (
     make_pruner,
     make_sampler,
@@ -58,7 +58,7 @@ def run_study(
         study_spec = dataclasses.replace(study_spec, trials=trials)
     if workers is not None:
         study_spec = dataclasses.replace(study_spec, workers=workers)
-    spec = dataclasses.replace(spec, study=study_spec)
+    spec = _resolve_study_checkpoints(dataclasses.replace(spec, study=study_spec))
     spec.study.check()
     make_sampler(spec), make_pruner(spec)  # bad names and options fail before any work
 
@@ -98,6 +98,27 @@ def run_study(
     result = finish_study(spec, study, store, parent, data)
     tracking.end_run(store, parent, "FINISHED")
     return result
+
+
+def _resolve_study_checkpoints(spec: ExperimentSpec) -> ExperimentSpec:
+    """Replace ``study:NAME`` checkpoint params by the best checkpoint of study NAME."""
+    params = dict(spec.model.params)
+    for key, value in params.items():
+        if not (key.endswith("checkpoint") and str(value).startswith(STUDY_REFERENCE)):
+            continue
+        name = str(value)[len(STUDY_REFERENCE) :]
+        source = dataclasses.replace(spec, name=name)
+        try:
+            best = load_best_trial(source)
+        except KeyError as exc:  # Optuna's error for a study that does not exist
+            raise SpecError(
+                f"model.params.{key}: no study {name!r} in {storage_url(source)}; run it first"
+            ) from exc
+        except LookupError as exc:
+            raise SpecError(f"model.params.{key}: {exc}") from exc
+        params[key] = best.user_attrs["checkpoint"]
+        print(f"model.params.{key}: best checkpoint of study {name!r}: {params[key]}")
+    return dataclasses.replace(spec, model=dataclasses.replace(spec.model, params=params))
 
 
 def _open_study(spec: ExperimentSpec, worker: int = 0) -> optuna.Study:
@@ -233,7 +254,7 @@ class _Objective:
                 callbacks=[PyTorchLightningPruningCallback(trial, monitor=spec.study.metric)]
                 if not spec.study.extra_objectives
                 else [],
-                on_epoch=lambda epoch, metrics: tracking.log_metrics(store, run_id, metrics, epoch),
+                on_epoch=lambda epoch, metrics: _log_epoch(store, run_id, model, epoch, metrics),
             )
         except optuna.TrialPruned:
             tracking.end_run(store, run_id, "KILLED", f"pruned by {self.spec.study.pruner}")
@@ -267,8 +288,12 @@ class _Objective:
                     plots.confusion_matrix(result.confusion),
                     "plots/confusion_matrix.png",
                 )
-            example = data.split("test")[0][:2].numpy()
-            model_uri = tracking.log_model(store, run_id, model.net, example)
+            example = (
+                model.example_input(data)
+                if hasattr(model, "example_input")
+                else data.split("test")[0][:2]
+            )
+            model_uri = tracking.log_model(store, run_id, model.net, example.cpu().numpy())
         except BaseException as exc:
             tracking.end_run(
                 store, run_id, "FAILED", f"logging failed: {type(exc).__name__}: {exc}"
@@ -283,6 +308,14 @@ class _Objective:
             trial.set_user_attr("objectives", extra)
             return (result.best_score, *extra.values())
         return result.best_score  # Optuna's gc_after_trial frees the model afterwards
+
+
+def _log_epoch(store, run_id: str, model, epoch: int, metrics: dict[str, float]) -> None:
+    """An epoch's metrics, and the model's own figures (samples, reconstructions) if it draws any."""
+    tracking.log_metrics(store, run_id, metrics, epoch)
+    if hasattr(model, "epoch_figures"):
+        for name, figure in model.epoch_figures().items():
+            tracking.log_figure(store, run_id, figure, f"plots/{name}/epoch_{epoch:03d}.png")
 
 
 EXTRA_OBJECTIVES = ("params/count", "latency/batch1_ms")

@@ -1,0 +1,190 @@
+"""A DCGAN (Radford et al., 2016) for small grayscale images, with Lightning manual optimisation.
+
+The generator maps ``latent``-dim noise to images through transposed convolutions with batch
+norm; the discriminator mirrors it with strided convolutions and leaky ReLU. Each has its own
+Adam optimiser (lr 2e-4, β1 = 0.5 as in the paper) and they take turns on every batch.
+
+Sample quality is judged by a trained ``cnn`` classifier (``judge_checkpoint``): on a fixed set of
+generated images, its mean top-class probability (``confidence``: do they look like digits?) and
+the share of the rarest predicted class (``min_class_share``: are all digits made, or did the
+generator collapse onto a few modes?).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric
+
+from workbench.registry import register_model
+
+# The frozen judge stays in eval mode during training on purpose.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+
+
+class Generator(nn.Module):
+    """(N, latent) noise → (N, C, H, W) images in [0, 1]; H and W multiples of 4."""
+
+    def __init__(self, input_shape: tuple[int, int, int], latent: int, width: int) -> None:
+        super().__init__()
+        channels, height, width_px = input_shape
+        self.grid = (2 * width, height // 4, width_px // 4)
+        self.project = nn.Sequential(
+            nn.Linear(latent, 2 * width * self.grid[1] * self.grid[2], bias=False),
+            nn.BatchNorm1d(2 * width * self.grid[1] * self.grid[2]), nn.ReLU(),
+        )  # fmt: skip
+        self.upsample = nn.Sequential(
+            nn.ConvTranspose2d(2 * width, width, 4, 2, 1, bias=False), nn.BatchNorm2d(width),
+            nn.ReLU(), nn.ConvTranspose2d(width, channels, 4, 2, 1), nn.Sigmoid(),
+        )  # fmt: skip
+
+    def forward(self, noise: torch.Tensor) -> torch.Tensor:
+        return self.upsample(self.project(noise).view(-1, *self.grid))
+
+
+class Discriminator(nn.Module):
+    """(N, C, H, W) images → (N,) logits of "real"."""
+
+    def __init__(self, input_shape: tuple[int, int, int], width: int) -> None:
+        super().__init__()
+        channels, height, width_px = input_shape
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * width),
+            nn.LeakyReLU(0.2), nn.Flatten(),
+            nn.Linear(2 * width * (height // 4) * (width_px // 4), 1),
+        )  # fmt: skip
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images).squeeze(1)
+
+
+@register_model("gan")
+class GAN(pl.LightningModule):
+    """DCGAN; validation and test judge ``n_judged`` samples from fixed noise."""
+
+    def __init__(
+        self,
+        judge_checkpoint: str,
+        input_shape: tuple[int, int, int] = (1, 28, 28),
+        latent: int = 64,
+        width: int = 64,
+        lr: float = 2e-4,
+        beta1: float = 0.5,
+        label_smoothing: float = 0.1,
+        n_judged: int = 1000,
+    ) -> None:
+        super().__init__()
+        from workbench.train import load_module
+
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        shape = tuple(input_shape)
+        if shape[1] % 4 or shape[2] % 4:
+            raise ValueError(f"input_shape: height and width must be multiples of 4; got {shape}")
+        self.net = Generator(shape, latent, width)  # what is logged and exported
+        self.discriminator = Discriminator(shape, width)
+        self.judge = load_module(judge_checkpoint, "cnn").net.eval().requires_grad_(False)
+        # The judge was trained on standardised pixels: their statistics are set in on_fit_start.
+        self.register_buffer("pixel_mean", torch.tensor(0.0))
+        self.register_buffer("pixel_std", torch.tensor(1.0))
+        fixed = torch.Generator().manual_seed(1234)
+        self.register_buffer("val_noise", torch.randn(n_judged, latent, generator=fixed))
+        self.register_buffer("test_noise", torch.randn(n_judged, latent, generator=fixed))
+        self.losses = nn.ModuleDict({"d_loss": MeanMetric(), "g_loss": MeanMetric()})
+
+    def forward(self, noise: torch.Tensor) -> torch.Tensor:
+        return self.net(noise)
+
+    def example_input(self, data=None) -> torch.Tensor:
+        return torch.randn(2, self.hparams.latent, generator=torch.Generator().manual_seed(0))
+
+    def on_fit_start(self) -> None:
+        data = self.trainer.datamodule
+        images = data.split("train")[0]
+        if images.min() < -1e-3 or images.max() > 1 + 1e-3:
+            raise ValueError("data.normalize: the GAN generates [0, 1] pixels; set it to false")
+        self.pixel_mean.fill_(float(images.mean()))
+        self.pixel_std.fill_(float(images.std()))
+
+    def training_step(self, batch, batch_idx):
+        real, _ = batch
+        d_opt, g_opt = self.optimizers()
+        noise = torch.randn(len(real), self.hparams.latent, device=real.device)
+        fake = self.net(noise)
+
+        # Discriminator: real → 1 (smoothed, Salimans et al. 2016), fake → 0.
+        real_logits = self.discriminator(real)
+        fake_logits = self.discriminator(fake.detach())
+        d_loss = F.binary_cross_entropy_with_logits(
+            real_logits, torch.full_like(real_logits, 1.0 - self.hparams.label_smoothing)
+        ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+        d_opt.zero_grad()
+        self.manual_backward(d_loss)
+        d_opt.step()
+
+        # Generator: make the discriminator call the fakes real (non-saturating loss).
+        fooled = self.discriminator(fake)
+        g_loss = F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
+        g_opt.zero_grad()
+        self.manual_backward(g_loss)
+        g_opt.step()
+        self.losses["d_loss"].update(d_loss.detach())
+        self.losses["g_loss"].update(g_loss.detach())
+
+    def on_train_epoch_end(self) -> None:
+        self.log_dict({f"train/{k}": m.compute() for k, m in self.losses.items()})
+        for metric in self.losses.values():
+            metric.reset()
+
+    @torch.no_grad()
+    def judge_samples(self, noise: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The judge's confidence and class shares on the images generated from ``noise``."""
+        self.judge.eval()
+        images = self.net(noise)
+        probs = F.softmax(self.judge((images - self.pixel_mean) / self.pixel_std), dim=1)
+        confidence, predicted = probs.max(dim=1)
+        shares = torch.bincount(predicted, minlength=probs.shape[1]).float() / len(predicted)
+        return {"confidence": confidence.mean(), "min_class_share": shares.min(), "shares": shares}
+
+    def _judge(self, stage: str, noise: torch.Tensor) -> None:
+        scores = self.judge_samples(noise)
+        # One number to monitor: confidence, scaled down when any digit makes up under 3 %.
+        quality = scores["confidence"] * torch.clamp(scores["min_class_share"] / 0.03, max=1.0)
+        self.log_dict(
+            {
+                f"{stage}/confidence": scores["confidence"],
+                f"{stage}/min_class_share": scores["min_class_share"],
+                f"{stage}/quality": quality,
+            }
+        )
+
+    def validation_step(self, batch, batch_idx):
+        if batch_idx == 0:
+            self._judge("val", self.val_noise)
+
+    def test_step(self, batch, batch_idx):
+        if batch_idx == 0:
+            self._judge("test", self.test_noise)
+
+    def configure_optimizers(self):
+        betas = (self.hparams.beta1, 0.999)
+        return [
+            torch.optim.Adam(self.discriminator.parameters(), lr=self.hparams.lr, betas=betas),
+            torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr, betas=betas),
+        ]
+
+    def epoch_figures(self) -> dict:
+        """64 samples from the first fixed noise vectors: the same points every epoch."""
+        from workbench.plots import image_grid
+
+        with torch.no_grad():
+            was_training = self.net.training
+            self.net.eval()
+            images = self.net(self.val_noise[:64])[:, 0].cpu()
+            self.net.train(was_training)
+        return {"samples": image_grid(images, f"samples after epoch {self.current_epoch}")}

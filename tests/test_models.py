@@ -7,36 +7,52 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.conftest import save_checkpoint
 from workbench.registry import UnknownNameError, available_models, build_model
 from workbench.train import load_module
 
+# Constructor arguments the data would supply, and the size of one output row.
 SHAPES = {
-    "cnn": {"input_shape": (1, 8, 8), "num_classes": 10},
-    "distilled_cnn": {"input_shape": (1, 8, 8), "num_classes": 10},
+    "cnn": ({"input_shape": (1, 8, 8), "num_classes": 10}, 10),
+    "distilled_cnn": ({"input_shape": (1, 8, 8), "num_classes": 10}, 10),
+    "mlp": ({"input_shape": (30,), "num_classes": 2}, 2),
+    "rnn": ({"input_shape": (12, 3), "num_classes": 4}, 4),
+    "lstm": ({"input_shape": (12, 3), "num_classes": 4}, 4),
+    "gru": ({"input_shape": (12, 3), "num_classes": 4}, 4),
+    "transformer": ({"input_shape": (12, 3), "num_classes": 4, "d_model": 16, "heads": 2}, 4),
+    "autoencoder": ({"input_shape": (1, 8, 8), "code": 4, "width": 8}, None),
+    "gan": ({"input_shape": (1, 8, 8), "latent": 8, "width": 8, "n_judged": 20}, None),
+    "dqn": ({"input_shape": (4,), "num_classes": 2, "hidden": 32}, 2),
 }
+CLASSIFIERS = ["cnn", "distilled_cnn", "mlp", "rnn", "lstm", "gru", "transformer"]
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory) -> str:
-    """A saved ``cnn`` checkpoint for the models that need a teacher."""
+def checkpoint_8x8(tmp_path_factory) -> str:
+    """A saved 8×8 ``cnn`` checkpoint: teacher of ``distilled_cnn``, judge of ``gan``."""
     path = tmp_path_factory.mktemp("teacher") / "teacher.ckpt"
-    save_checkpoint(build_model("cnn", **SHAPES["cnn"], width=8), path)
+    save_checkpoint(build_model("cnn", input_shape=(1, 8, 8), num_classes=10, width=8), path)
     return str(path)
 
 
-def _build(name: str, teacher: str, **hparams):
-    extra = {"teacher_checkpoint": teacher} if name == "distilled_cnn" else {}
-    return build_model(name, **SHAPES[name], **extra, **hparams)
+def _build(name: str, checkpoint: str, **hparams):
+    extra = {
+        "distilled_cnn": {"teacher_checkpoint": checkpoint},
+        "gan": {"judge_checkpoint": checkpoint},
+    }
+    return build_model(name, **{**SHAPES[name][0], **extra.get(name, {}), **hparams})
 
 
-def _batch(name: str, n: int = 32):
-    shape = SHAPES[name]
-    generator = torch.Generator().manual_seed(0)
-    inputs = torch.randn(n, *shape["input_shape"], generator=generator)
-    targets = torch.randint(0, shape["num_classes"], (n,), generator=generator)
-    return inputs, targets
+def _inputs(name: str, n: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    if name == "gan":
+        return torch.randn(n, SHAPES["gan"][0]["latent"], generator=generator)
+    shape = SHAPES[name][0]["input_shape"]
+    if name == "autoencoder":
+        return torch.rand(n, *shape, generator=generator)
+    return torch.randn(n, *shape, generator=generator)
 
 
 def test_every_model_has_test_shapes():
@@ -44,50 +60,175 @@ def test_every_model_has_test_shapes():
 
 
 @pytest.mark.parametrize("name", available_models())
-def test_output_shape(name: str, teacher: str):
-    model = _build(name, teacher).eval()
-    inputs, _ = _batch(name, 5)
-    assert model(inputs).shape == (5, SHAPES[name]["num_classes"])
+def test_output_shape(name: str, checkpoint_8x8: str):
+    model = _build(name, checkpoint_8x8).eval()
+    with torch.no_grad():
+        outputs = model(_inputs(name, 5))
+    expected = {"autoencoder": (5, 1, 8, 8), "gan": (5, 1, 8, 8)}
+    assert outputs.shape == expected.get(name, (5, SHAPES[name][1]))
+    if name in ("autoencoder", "gan"):  # images in [0, 1]
+        assert 0.0 <= float(outputs.min()) and float(outputs.max()) <= 1.0
 
 
-@pytest.mark.parametrize("name", available_models())
-def test_a_single_batch_overfits(name: str, teacher: str):
-    torch.manual_seed(0)
-    model = _build(name, teacher, dropout=0.0)
-    inputs, targets = _batch(name)
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(150):
+def _fit_one_batch(parameters, loss_fn, steps: int = 150, lr: float = 3e-3) -> float:
+    optimiser = torch.optim.Adam(parameters, lr=lr)
+    for _ in range(steps):
         optimiser.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(inputs), targets)
+        loss = loss_fn()
         loss.backward()
         optimiser.step()
+    return float(loss)
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_a_classifier_overfits_a_single_batch(name: str, checkpoint_8x8: str):
+    torch.manual_seed(0)
+    model = (
+        _build(name, checkpoint_8x8, dropout=0.0) if name != "rnn" else _build(name, checkpoint_8x8)
+    )
+    inputs = _inputs(name, 32)
+    targets = torch.randint(0, SHAPES[name][1], (32,), generator=torch.Generator().manual_seed(1))
+    model.train()
+    loss = _fit_one_batch(model.parameters(), lambda: F.cross_entropy(model(inputs), targets))
     model.eval()
-    accuracy = (model(inputs).argmax(1) == targets).float().mean().item()
-    assert loss.item() < 0.05 and accuracy == 1.0
+    assert loss < 0.05 and bool((model(inputs).argmax(1) == targets).all())
+
+
+@pytest.mark.parametrize("name", ["lstm", "transformer", "mlp"])
+def test_a_regressor_overfits_a_single_batch(name: str, checkpoint_8x8: str):
+    torch.manual_seed(0)
+    config = {**SHAPES[name][0], "num_classes": 1, "task": "regression"}
+    model = build_model(name, **config, **({"dropout": 0.0} if name != "lstm" else {}))
+    inputs = _inputs(name, 32)
+    targets = torch.rand(32, generator=torch.Generator().manual_seed(1))
+    model.train()
+    loss = _fit_one_batch(model.parameters(), lambda: F.mse_loss(model.predict(inputs), targets))
+    assert loss < 1e-3
+
+
+def test_the_autoencoder_overfits_a_single_batch(checkpoint_8x8: str):
+    torch.manual_seed(0)
+    model = _build("autoencoder", checkpoint_8x8, code=16)
+    images = _inputs("autoencoder", 16)
+    model.train()
+    loss = _fit_one_batch(model.parameters(), lambda: F.mse_loss(model(images), images), 300)
+    # Uniform noise has variance 1/12 ≈ 0.083 per pixel; the fit must be far below that.
+    assert loss < 0.01
+
+
+def test_the_gan_discriminator_separates_a_single_batch(checkpoint_8x8: str):
+    torch.manual_seed(0)
+    model = _build("gan", checkpoint_8x8)
+    real = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    fake = model(_inputs("gan", 16)).detach()
+    labels = torch.cat([torch.ones(16), torch.zeros(16)])
+    both = torch.cat([real, fake])
+    disc = model.discriminator.train()
+    loss = _fit_one_batch(
+        disc.parameters(), lambda: F.binary_cross_entropy_with_logits(disc(both), labels)
+    )
+    assert loss < 0.05
+
+
+def test_the_q_network_fits_a_batch_of_targets(checkpoint_8x8: str):
+    torch.manual_seed(0)
+    model = _build("dqn", checkpoint_8x8)
+    states = _inputs("dqn", 32)
+    targets = torch.randn(32, 2, generator=torch.Generator().manual_seed(3))
+    loss = _fit_one_batch(model.net.parameters(), lambda: F.mse_loss(model(states), targets), 300)
+    assert loss < 1e-3
 
 
 @pytest.mark.parametrize("name", available_models())
-def test_checkpoint_round_trip_gives_identical_outputs(name: str, teacher: str, tmp_path: Path):
-    model = _build(name, teacher, width=8).eval()
+def test_checkpoint_round_trip_gives_identical_outputs(
+    name: str, checkpoint_8x8: str, tmp_path: Path
+):
+    pl.seed_everything(5, verbose=False)
+    model = _build(name, checkpoint_8x8).eval()
     path = tmp_path / "m.ckpt"
     save_checkpoint(model, path)
+    pl.seed_everything(6, verbose=False)  # a different seed: weights must come from the file
     loaded = load_module(path, name)
-    inputs, _ = _batch(name, 4)
-    assert loaded.hparams["width"] == 8
+    inputs = _inputs(name, 4)
+    assert dict(loaded.hparams) == dict(model.hparams)
     assert torch.equal(model(inputs), loaded(inputs))
 
 
 @pytest.mark.parametrize("name", available_models())
-def test_same_seed_same_weights(name: str, teacher: str):
+def test_same_seed_same_weights(name: str, checkpoint_8x8: str):
     pl.seed_everything(3, verbose=False)
-    first = _build(name, teacher)
+    first = _build(name, checkpoint_8x8)
     pl.seed_everything(3, verbose=False)
-    second = _build(name, teacher)
+    second = _build(name, checkpoint_8x8)
     for a, b in zip(first.parameters(), second.parameters(), strict=True):
         assert torch.equal(a, b)
 
 
+def test_transformer_ignores_padded_steps():
+    torch.manual_seed(0)
+    model = build_model("transformer", input_shape=(10, 3), num_classes=4, d_model=16, heads=2)
+    model.eval()
+    sequences = torch.randn(2, 10, 3)
+    mask = torch.zeros(2, 10, dtype=torch.bool)
+    mask[0, 6:] = True  # the first sequence has 6 real steps, the rest is padding
+    changed = sequences.clone()
+    changed[0, 6:] = 100.0  # whatever sits in the padding must not matter
+    with torch.no_grad():
+        a = model.net(sequences, padding_mask=mask)
+        b = model.net(changed, padding_mask=mask)
+        short = model.net(sequences[:1, :6])  # the same sequence without padding
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a[:1], short, atol=1e-5, rtol=1e-5)
+
+
+def test_sinusoidal_positions_by_hand():
+    from workbench.models.transformer import sinusoidal_positions
+
+    table = sinusoidal_positions(3, 4)
+    # dim 4: frequencies 1 and 1e-2; PE[t] = [sin t, cos t, sin t/100, cos t/100]
+    t = torch.arange(3.0)
+    expected = torch.stack([t.sin(), t.cos(), (t / 100).sin(), (t / 100).cos()], 1)
+    torch.testing.assert_close(table, expected)
+
+
+def test_double_dqn_target_by_hand(checkpoint_8x8: str):
+    model = _build("dqn", checkpoint_8x8, gamma=0.5)
+
+    class Lookup(torch.nn.Module):  # Q-values of two states, indexed by the first feature
+        def __init__(self, table):
+            super().__init__()
+            self.table = table
+
+        def forward(self, states):
+            return torch.stack([self.table[int(s[0])] for s in states])
+
+    model.net = Lookup({0: torch.tensor([1.0, 3.0]), 1: torch.tensor([2.0, 0.0])})
+    model.target = Lookup({0: torch.tensor([10.0, 20.0]), 1: torch.tensor([30.0, 40.0])})
+    states = torch.tensor([[0.0, 0, 0, 0], [1.0, 0, 0, 0]])
+    actions = torch.tensor([1, 0])
+    rewards = torch.tensor([1.0, 1.0])
+    terminal = torch.tensor([0.0, 1.0])
+    # Row 0: Q(s,a)=3; next state 1: online argmax is action 0, target value 30 → 1 + 0.5·30 = 16.
+    # Row 1: Q(s,a)=2; terminal → target 1.
+    next_states = torch.tensor([[1.0, 0, 0, 0], [0.0, 0, 0, 0]])
+    loss = model.td_loss(states, actions, rewards, next_states, terminal)
+    expected = F.smooth_l1_loss(torch.tensor([3.0, 2.0]), torch.tensor([16.0, 1.0]))
+    assert float(loss) == pytest.approx(float(expected))
+
+
+def test_gan_judge_detects_mode_collapse(checkpoint_8x8: str):
+    model = _build("gan", checkpoint_8x8).eval()
+
+    class SeesZero(torch.nn.Module):  # a judge that sees the digit 0 everywhere, with certainty
+        def forward(self, images):
+            return F.one_hot(torch.zeros(len(images), dtype=torch.long), 10).float() * 50
+
+    model.judge = SeesZero()
+    scores = model.judge_samples(_inputs("gan", 20))
+    assert float(scores["confidence"]) == pytest.approx(1.0)
+    assert float(scores["min_class_share"]) == 0.0 and float(scores["shares"][0]) == 1.0
+
+
 def test_unknown_model_lists_the_valid_ones():
-    with pytest.raises(UnknownNameError, match="valid: .*cnn"):
+    with pytest.raises(UnknownNameError, match="valid: .*cnn.*dqn.*gan.*lstm.*transformer"):
         build_model("perceptron9000")

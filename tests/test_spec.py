@@ -20,9 +20,8 @@ def test_experiments_directory_is_not_empty():
 @pytest.mark.parametrize("path", SPEC_FILES, ids=lambda p: p.name)
 def test_every_checked_in_spec_loads(path: Path, teacher_checkpoint: str):
     raw = yaml.safe_load(path.read_text())
-    needs_teacher = "teacher_checkpoint" in raw.get("model", {}).get("params", {})
-    overrides = [f"model.params.teacher_checkpoint={teacher_checkpoint}"] if needs_teacher else []
-    spec = load_spec(path, overrides)
+    checkpoints = [k for k in raw.get("model", {}).get("params", {}) if k.endswith("checkpoint")]
+    spec = load_spec(path, [f"model.params.{k}={teacher_checkpoint}" for k in checkpoints])
     assert spec.name == path.stem
     assert spec.search_space, "each experiment defines a search space"
     first_line = path.read_text().splitlines()[0]
@@ -69,6 +68,7 @@ BASE = yaml.safe_load((EXPERIMENTS / "mnist_cnn.yaml").read_text())
         ("search_space.lr.high=1e-9", "search_space.lr"),  # low >= high
         ("search_space.colour={type: categorical, choices: [1]}", "search_space.colour"),
         ("data.name=cifar", "data.name"),
+        ("data.name=breast_cancer", "explain.enabled"),  # explanations of tables come later
     ],
 )
 def test_bad_fields_are_named(tmp_path: Path, override: str, field: str):
@@ -108,3 +108,15 @@ def test_required_and_missing_checkpoint_arguments_are_named(tmp_path: Path):
     del raw["model"]["params"]["teacher_checkpoint"]
     with pytest.raises(SpecError, match="model.params.teacher_checkpoint: required"):
         load_spec(_write(tmp_path, raw))
+
+
+def test_a_study_reference_to_a_missing_study_is_named(tmp_path: Path):
+    from workbench.study import run_study
+
+    spec = load_spec(
+        EXPERIMENTS / "mnist_distill.yaml",
+        [f"tracking.root={tmp_path / 'mlruns'}", "model.params.teacher_checkpoint=study:nope"],
+    )
+    with pytest.raises(SpecError, match="model.params.teacher_checkpoint: no study 'nope'"):
+        run_study(spec, trials=1)
+    assert not (tmp_path / "mlruns" / "mlflow.db").exists()  # failed before any run was opened

@@ -16,7 +16,6 @@ from typing import Any
 
 import yaml
 
-
 # A checkpoint given as "study:NAME" means the best trial's checkpoint of study NAME in the same
 # storage (resolved by ``workbench.study.run_study``), e.g. a distillation teacher or GAN judge.
 STUDY_REFERENCE = "study:"

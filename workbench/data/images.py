@@ -180,7 +180,7 @@ class ImageDataModule(pl.LightningDataModule):
         }
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Model inputs (normalised images (N, 1, H, W)) and labels of the ``train``/``val``/``test`` split."""
+        """Model inputs (N, 1, H, W) and labels of the ``train``, ``val`` or ``test`` split."""
         self.setup()
         return self.splits_[name]
 

@@ -8,6 +8,7 @@ gradient step each); validation is ``eval_episodes`` greedy episodes.
 from __future__ import annotations
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -79,14 +80,12 @@ class GymDataModule(pl.LightningDataModule):
         observation, _ = environment.reset(seed=self.seed)
         rows = [observation]
         for _ in range(15):
-            observation, _, done, truncated, _ = environment.step(
-                environment.action_space.sample()
-            )
+            observation, _, done, truncated, _ = environment.step(environment.action_space.sample())
             rows.append(observation)
             if done or truncated:
                 observation, _ = environment.reset()
         environment.close()
-        states = torch.as_tensor(rows, dtype=torch.float32)
+        states = torch.as_tensor(np.asarray(rows), dtype=torch.float32)
         return states, torch.zeros(len(states), dtype=torch.long)
 
 

@@ -27,7 +27,9 @@ class ConvEncoder(nn.Module):
         super().__init__()
         channels, height, width_px = input_shape
         if height % 4 or width_px % 4:
-            raise ValueError(f"input_shape: height and width must be multiples of 4; got {input_shape}")
+            raise ValueError(
+                f"input_shape: height and width must be multiples of 4; got {input_shape}"
+            )
         self.features = nn.Sequential(
             nn.Conv2d(channels, width, 4, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
             nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), nn.BatchNorm2d(2 * width),
@@ -46,7 +48,9 @@ class ConvDecoder(nn.Module):
         super().__init__()
         channels, height, width_px = input_shape
         self.grid = (2 * width, height // 4, width_px // 4)
-        self.expand = nn.Sequential(nn.Linear(code, 2 * width * self.grid[1] * self.grid[2]), nn.ReLU())
+        self.expand = nn.Sequential(
+            nn.Linear(code, 2 * width * self.grid[1] * self.grid[2]), nn.ReLU()
+        )
         self.upsample = nn.Sequential(
             nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1), nn.BatchNorm2d(width),
             nn.ReLU(), nn.ConvTranspose2d(width, channels, 4, stride=2, padding=1), nn.Sigmoid(),

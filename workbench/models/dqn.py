@@ -5,8 +5,9 @@ Each training step takes one ε-greedy step in the environment, stores the trans
 replay buffer and, once the buffer holds ``warmup`` transitions, fits the Q-network to
 r + γ · Q_target(s', argmax_a Q(s', a)) on a random minibatch (Huber loss). The target network
 follows the online one by Polyak averaging (``tau``). ε decays linearly from ``eps_start`` to
-``eps_end`` over ``eps_decay_steps``. Validation and test play greedy episodes and log the mean
-return; an episode cut off by the time limit is not a terminal state, so it is bootstrapped.
+``eps_end`` over ``eps_decay_steps``; the learning rate decays to zero over the run. Validation
+and test play greedy episodes and log the mean return; an episode cut off by the time limit is
+not a terminal state, so it is bootstrapped.
 """
 
 from __future__ import annotations
@@ -161,7 +162,9 @@ class DQN(pl.LightningModule):
         self.metrics["loss"].update(loss.detach())
         return loss
 
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ):
         self.clip_gradients(optimizer, self.hparams.max_grad_norm, "norm")
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
@@ -178,7 +181,12 @@ class DQN(pl.LightningModule):
         self.log_dict(logged)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr)
+        # Only the online network learns; a learning rate decaying to zero over the run settles
+        # the policy instead of letting late updates undo it (a known failure of DQN on CartPole).
+        optimizer = torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr)
+        epochs = max(1, int(self.trainer.max_epochs or 1)) if self._trainer is not None else 1
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     # --- evaluation ---------------------------------------------------------------------------
     def play(self, seed: int) -> float:

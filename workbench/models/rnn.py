@@ -53,7 +53,9 @@ class _Recurrent(SupervisedModule):
         outputs = self.output_size(num_classes, task)
         self.net = RecurrentNet(self.cell, input_shape[-1], hidden, layers, outputs, dropout)
 
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ):
         # Recurrent gradients can explode over long sequences: clip their global norm.
         if self.hparams.grad_clip > 0:
             self.clip_gradients(optimizer, self.hparams.grad_clip, "norm")

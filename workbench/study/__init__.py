@@ -311,7 +311,7 @@ class _Objective:
 
 
 def _log_epoch(store, run_id: str, model, epoch: int, metrics: dict[str, float]) -> None:
-    """An epoch's metrics, and the model's own figures (samples, reconstructions) if it draws any."""
+    """An epoch's metrics, and the figures the model draws (samples, reconstructions) if any."""
     tracking.log_metrics(store, run_id, metrics, epoch)
     if hasattr(model, "epoch_figures"):
         for name, figure in model.epoch_figures().items():

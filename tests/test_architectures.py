@@ -25,6 +25,7 @@ EXPECTED = {
     "seqmnist_lstm": {"test/acc": (0.0, 1.0)},
     "seqmnist_transformer": {"test/acc": (0.0, 1.0)},
     "adding_lstm": {"test/mse": (0.0, 2.0)},
+    "adding_rnn": {"test/mse": (0.0, 2.0)},
     "mnist_autoencoder": {"test/mse": (0.0, 0.25)},  # sigmoid outputs on [0, 1] pixels
     "mnist_gan": {"test/confidence": (0.1, 1.0), "test/min_class_share": (0.0, 0.1)},
     "cartpole_dqn": {"test/return": (8.0, 500.0)},  # CartPole episodes last 8 to 500 steps

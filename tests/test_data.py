@@ -108,3 +108,92 @@ def test_random_affine_moves_pixels_but_keeps_shape_and_identity_is_identity():
     assert (moved - images).abs().sum() > 1.0
     same = random_affine(images, max_degrees=0.0, max_shift=0.0)
     assert torch.allclose(same, images, atol=1e-5)
+
+
+# --- tables -----------------------------------------------------------------------------------
+def test_tabular_features_are_standardised_with_training_statistics_only():
+    data = build_data("breast_cancer", seed=0, test_fraction=0.2)
+    train, _ = data.split("train")
+    test, _ = data.split("test")
+    assert train.shape[1] == 30 and data.model_kwargs()["input_shape"] == (30,)
+    torch.testing.assert_close(train.mean(0), torch.zeros(30), atol=1e-4, rtol=0)
+    torch.testing.assert_close(train.std(0, unbiased=False), torch.ones(30), atol=1e-3, rtol=0)
+    assert float(test.mean(0).abs().max()) > 1e-3  # the test split was not used to fit
+    raw_first = data.to_pixels(test[:1])[0].numpy()
+    from sklearn.datasets import load_breast_cancer
+
+    assert any(np.allclose(raw_first, row, rtol=1e-4) for row in load_breast_cancer().data)
+    assert data.class_names == ["malignant", "benign"] and len(data.feature_names) == 30
+
+
+def test_csv_loader_reads_features_and_labels(tmp_path: Path):
+    path = tmp_path / "table.csv"
+    rows = ["a,b,label"] + [f"{i},{i % 3},{'yes' if i % 2 else 'no'}" for i in range(40)]
+    path.write_text("\n".join(rows) + "\n")
+    data = build_data("csv", path=str(path), target="label", seed=0)
+    x, y = data.split("train")
+    assert x.shape[1] == 2 and set(y.tolist()) == {0, 1}
+    assert data.feature_names == ["a", "b"] and data.class_names == ["no", "yes"]
+    sizes = sum(len(data.split(s)[1]) for s in ("train", "val", "test"))
+    assert sizes == 40
+
+
+def test_csv_loader_names_what_is_wrong(tmp_path: Path):
+    path = tmp_path / "table.csv"
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="data.options.target: column 'label' not in"):
+        build_data("csv", path=str(path), seed=0)
+    with pytest.raises(FileNotFoundError, match="missing.csv"):
+        build_data("csv", path=str(tmp_path / "missing.csv"), seed=0)
+    path.write_text("a,kind,label\n1,x,0\n")
+    with pytest.raises(ValueError, match=r"non-numeric feature columns \['kind'\]"):
+        build_data("csv", path=str(path), seed=0)
+
+
+# --- sequences --------------------------------------------------------------------------------
+def test_sequential_mnist_reads_rows_as_time_steps():
+    data = build_data("sequential_mnist", seed=0, max_samples=200)
+    images = build_data("mnist_subset", seed=0, max_samples=200)
+    rows, labels = data.split("test")
+    assert rows.shape[1:] == (28, 28) and data.model_kwargs()["input_shape"] == (28, 28)
+    torch.testing.assert_close(rows, images.split("test")[0][:, 0])  # same digits, same order
+    assert torch.equal(labels, images.split("test")[1])
+
+
+def test_adding_problem_targets_by_hand():
+    from workbench.data.sequences import adding_problem
+
+    x, y = adding_problem(500, 20, np.random.default_rng(0))
+    assert x.shape == (500, 20, 2) and y.shape == (500,)
+    markers = x[:, :, 1]
+    assert (markers.sum(1) == 2).all()
+    assert (markers[:, :10].sum(1) == 1).all() and (markers[:, 10:].sum(1) == 1).all()
+    np.testing.assert_allclose(y, (x[:, :, 0] * markers).sum(1), rtol=1e-6)
+    again, _ = adding_problem(500, 20, np.random.default_rng(0))
+    assert np.array_equal(x, again)
+    # The sum of two U(0, 1) values has variance 1/6: the baseline of predicting the mean.
+    _, many = adding_problem(20_000, 20, np.random.default_rng(1))
+    assert many.var() == pytest.approx(1 / 6, rel=0.03)
+
+
+def test_adding_data_module_splits_are_seeded_and_options_checked():
+    data = build_data("adding", length=30, n_train=64, n_val=16, n_test=16, seed=3)
+    assert data.split("train")[0].shape == (64, 30, 2)
+    assert data.model_kwargs() == {"input_shape": (30, 2), "num_classes": 1, "task": "regression"}
+    other = build_data("adding", length=30, n_train=128, n_val=16, n_test=16, seed=3)
+    assert torch.equal(data.split("test")[0], other.split("test")[0])  # test set stays put
+    with pytest.raises(ValueError, match="data.options.lenght"):
+        build_data("adding", lenght=30)
+
+
+# --- environments -----------------------------------------------------------------------------
+def test_gym_module_sizes_the_agent_and_rejects_bad_environments():
+    data = build_data("gym", env="CartPole-v1", steps_per_epoch=50, seed=0)
+    assert data.model_kwargs() == {"input_shape": (4,), "num_classes": 2, "env": "CartPole-v1"}
+    assert len(data.train_dataloader()) == 50
+    states, _ = data.split("test")
+    assert states.shape[1] == 4
+    with pytest.raises(ValueError, match="data.options.env: cannot make 'NoSuchEnv-v0'"):
+        build_data("gym", env="NoSuchEnv-v0")
+    with pytest.raises(ValueError, match="needs discrete actions"):
+        build_data("gym", env="Pendulum-v1")

@@ -81,7 +81,7 @@ def csv(path: str | None = None, target: str = "label", **options) -> TabularDat
             f"data.options.target: column {target!r} not in {file}; columns: {list(frame.columns)}"
         )
     features = frame.drop(columns=[target])
-    non_numeric = [c for c in features.columns if not np.issubdtype(features[c].dtype, np.number)]
+    non_numeric = [c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
     if non_numeric:
         raise ValueError(f"data.path: {file} has non-numeric feature columns {non_numeric}")
     classes, labels = np.unique(frame[target].to_numpy(), return_inverse=True)

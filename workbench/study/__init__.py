@@ -108,6 +108,7 @@ def _resolve_study_checkpoints(spec: ExperimentSpec) -> ExperimentSpec:
             continue
         name = str(value)[len(STUDY_REFERENCE) :]
         source = dataclasses.replace(spec, name=name)
+        Path(spec.tracking.root).mkdir(parents=True, exist_ok=True)  # where the storage lives
         try:
             best = load_best_trial(source)
         except KeyError as exc:  # Optuna's error for a study that does not exist

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from tests.servers import free_port, serving
 from workbench.deploy.export import export_onnx, export_torchscript, onnx_max_abs_difference
 from workbench.deploy.serve import PredictionError, post_json, predict
 from workbench.train import build_datamodule, load_module
@@ -37,44 +33,14 @@ def test_torchscript_and_onnx_reproduce_the_network(tiny_study, tmp_path: Path):
     assert onnx_max_abs_difference(onnx_path, network, inputs) <= 1e-4
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_served_model_matches_in_process_predictions_and_refuses_bad_input(tiny_study, tmp_path):
     spec, result = tiny_study
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     uri = f"models:/{result.registered_model}@champion"
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "workbench.cli",
-            "serve",
-            uri,
-            "--root",
-            spec.tracking.root,
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2):
-                    break
-            except OSError:
-                assert server.poll() is None, server.stdout.read()[-3000:]
-                time.sleep(0.5)
+    command = [sys.executable, "-m", "workbench.cli", "serve", uri, "--root", spec.tracking.root]
+    with serving([*command, "--port", str(port)], f"{url}/ping"):
         inputs = build_datamodule(spec).split("test")[0][:8]
         served = predict(url, inputs.numpy())
         with torch.no_grad():
@@ -104,9 +70,3 @@ def test_served_model_matches_in_process_predictions_and_refuses_bad_input(tiny_
         )
         assert cli.returncode == 0, cli.stderr
         assert json.loads(cli.stdout)["classes"] == expected[:3].argmax(1).tolist()
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)

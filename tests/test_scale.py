@@ -12,7 +12,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import optuna
@@ -20,7 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import EXPERIMENTS, tiny
-from tests.test_deploy import _free_port
+from tests.servers import free_port, serving
 from workbench.study import run_study
 
 SPEC = EXPERIMENTS / "mnist_cnn.yaml"
@@ -43,7 +42,7 @@ def postgres():
     home.chmod(0o755)
     if os.geteuid() == 0:
         shutil.chown(home, "postgres", "postgres")
-    data, port = home / "data", _free_port()
+    data, port = home / "data", free_port()
     subprocess.run(
         _as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"]),
         check=True,
@@ -95,40 +94,18 @@ def postgres():
 @pytest.fixture(scope="module")
 def mlflow_server(postgres, tmp_path_factory):
     """`mlflow server` with a PostgreSQL backend store and a local artifact root, on loopback."""
-    port = _free_port()
+    port = free_port()
     artifacts = tmp_path_factory.mktemp("server_artifacts")
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            f"{postgres}/mlflow",
-            "--artifacts-destination",
-            artifacts.as_uri(),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
-    )
+    command = [
+        str(Path(sys.executable).parent / "mlflow"), "server",
+        "--backend-store-uri", f"{postgres}/mlflow",
+        "--artifacts-destination", artifacts.as_uri(),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                break
-        except OSError:
-            assert server.poll() is None, "mlflow server exited"
-            time.sleep(1)
-    yield url
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=30)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    with serving(command, f"{url}/health", env=env):
+        yield url
 
 
 @pytest.mark.slow

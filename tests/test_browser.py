@@ -1,0 +1,100 @@
+"""`workbench ui` in a real browser: headless Chromium (Debian's package) driven by Selenium finds
+the study, its trials and its runs in optuna-dashboard and the MLflow UI. Screenshots are saved
+under ``test-artifacts/`` for a person to look at."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+from tests.servers import free_port, serving
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+SCREENSHOTS = REPO / "test-artifacts" / "browser"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (CHROMIUM and DRIVER),
+        reason="needs Debian's chromium and chromium-driver (make test installs them)",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def _wait_for_text(driver, texts: list[str], timeout: float = 60) -> str:
+    """Wait until the rendered page shows every one of ``texts``; return the page text."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def shown(d):
+        body = d.find_element(By.TAG_NAME, "body").text
+        return body if all(t in body for t in texts) else False
+
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.5).until(shown)
+    except TimeoutException:
+        body = driver.find_element(By.TAG_NAME, "body").text
+        raise AssertionError(f"{texts} not all on {driver.current_url}: {body[:1500]!r}") from None
+
+
+def test_dashboards_show_the_study_its_trials_and_runs(tiny_study, browser):
+    spec, result = tiny_study
+    mlflow_port, dashboard_port = free_port(), free_port()
+    mlflow_url = f"http://127.0.0.1:{mlflow_port}"
+    dashboard_url = f"http://127.0.0.1:{dashboard_port}"
+    command = [
+        sys.executable, "-m", "workbench.cli", "ui", "--root", spec.tracking.root,
+        "--mlflow-port", str(mlflow_port), "--dashboard-port", str(dashboard_port),
+    ]  # fmt: skip
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    ready = [f"{mlflow_url}/health", f"{dashboard_url}/api/studies"]
+    with serving(command, ready, stop=signal.SIGINT):
+        # optuna-dashboard: the study list, then the study's page with its trial.
+        browser.get(f"{dashboard_url}/dashboard")
+        _wait_for_text(browser, [result.study_name])
+        browser.save_screenshot(str(SCREENSHOTS / "optuna_dashboard_studies.png"))
+        study_id = result.load_study()._study_id
+        browser.get(f"{dashboard_url}/dashboard/studies/{study_id}/trials")
+        page = _wait_for_text(browser, ["Trial 0", "Complete"])
+        assert "Trial 1" not in page  # the study ran exactly one trial
+        browser.save_screenshot(str(SCREENSHOTS / "optuna_dashboard_trials.png"))
+
+        # MLflow UI: the experiment's runs table shows the study's parent run ...
+        experiment = "1"
+        browser.get(f"{mlflow_url}/#/experiments/{experiment}/runs")
+        _wait_for_text(browser, [result.study_name])
+        browser.save_screenshot(str(SCREENSHOTS / "mlflow_runs.png"))
+        # ... and the trial's child run page shows its name, status and test metrics.
+        browser.get(f"{mlflow_url}/#/experiments/{experiment}/runs/{result.best_run_id}")
+        _wait_for_text(browser, [f"trial-{result.best_trial}", "Finished"])
+        browser.save_screenshot(str(SCREENSHOTS / "mlflow_trial_run.png"))
+    for name in ("optuna_dashboard_studies", "optuna_dashboard_trials", "mlflow_runs"):
+        assert (SCREENSHOTS / f"{name}.png").stat().st_size > 10_000  # a rendered page, not blank

@@ -16,6 +16,7 @@ SCRIPTS = [
     "tracking_overhead.py",
     "explain_speed.py",
     "study_efficiency.py",
+    "workers.py",
 ]
 
 if __name__ == "__main__":

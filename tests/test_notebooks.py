@@ -50,10 +50,46 @@ def test_quickstart_runs_in_smoke_mode(tmp_path: Path):
 
 
 @pytest.mark.slow
+def test_studies_notebook_runs_in_smoke_mode(tmp_path: Path):
+    import papermill
+
+    root = tmp_path / "mlruns"
+    out = tmp_path / "out.ipynb"
+    papermill.execute_notebook(
+        str(REPO / "notebooks" / "02_studies.ipynb"),
+        str(out),
+        parameters={
+            "spec_path": str(EXPERIMENTS / "mnist_cnn.yaml"),
+            "root": str(root),
+            "trials": 3,
+            "epochs": 2,
+            "overrides": ["data.max_samples=300", "data.augment=false"],
+        },
+        cwd=str(tmp_path),
+        progress_bar=False,
+        kernel_name="python3",
+    )
+    cells = json.loads(out.read_text())["cells"]
+    images = [o for c in cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) >= 4, "Pareto front, intermediate values and history are drawn inline"
+    text = "".join(
+        "".join(o.get("text", "")) for c in cells for o in c.get("outputs", []) if "text" in o
+    )
+    assert "pruning trained" in text
+    import optuna
+
+    storage = f"sqlite:///{root}/optuna.db"
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    assert names == {"mnist_cnn_pareto", "mnist_cnn_median_pruned", "mnist_cnn_unpruned"}
+    pareto = optuna.load_study(study_name="mnist_cnn_pareto", storage=storage)
+    assert len(pareto.directions) == 2 and len(pareto.trials) == 3
+
+
+@pytest.mark.slow
 def test_compress_and_deploy_runs_in_smoke_mode(tmp_path: Path):
     import papermill
 
-    from tests.test_deploy import _free_port
+    from tests.servers import free_port
 
     root = tmp_path / "mlruns"
     out = tmp_path / "out.ipynb"
@@ -68,7 +104,7 @@ def test_compress_and_deploy_runs_in_smoke_mode(tmp_path: Path):
             "finetune_epochs": 1,
             "distill_epochs": 1,
             "export_dir": str(tmp_path / "exports"),
-            "port": _free_port(),
+            "port": free_port(),
         },
         cwd=str(tmp_path),
         progress_bar=False,

@@ -58,6 +58,24 @@ def load_best_trial(spec: ExperimentSpec) -> optuna.trial.FrozenTrial:
     return best_trial(study)
 
 
+def study_cost(study: optuna.Study) -> dict[str, float]:
+    """What a study spent and found: trials by state, epochs trained, wall time, best value."""
+    trials = study.get_trials(deepcopy=False)
+    finished = [t for t in trials if t.datetime_complete is not None and t.datetime_start]
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    best = best_trial(study) if complete else None
+    return {
+        "trials": len(trials),
+        "complete": len(complete),
+        "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in trials),
+        "epochs": sum(len(t.intermediate_values) for t in trials),
+        "trial_seconds": sum(
+            (t.datetime_complete - t.datetime_start).total_seconds() for t in finished
+        ),
+        "best_value": best.values[0] if best is not None else float("nan"),
+    }
+
+
 def finish_study(
     spec, study: optuna.Study, store: tracking.Store, parent: str, data
 ) -> StudyResult:

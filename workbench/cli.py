@@ -38,6 +38,19 @@ def main(argv: list[str] | None = None) -> int:
     ui.add_argument("--mlflow-port", type=int, default=5000)
     ui.add_argument("--dashboard-port", type=int, default=8080)
 
+    explain = commands.add_parser(
+        "explain", help="SHAP + LIME for a trial run's model, with trust metrics, logged to it"
+    )
+    explain.add_argument("run_id", help="the MLflow run id of a trial (see the MLflow UI)")
+    explain.add_argument("--root", default="mlruns", help="the workbench store (default: mlruns)")
+    explain.add_argument("--n", type=int, default=20, help="test inputs to explain (default: 20)")
+    explain.add_argument("--methods", default="shap,lime", help="shap, lime or both (default)")
+    explain.add_argument(
+        "--shap", default="gradient", choices=["gradient", "deep", "kernel"], help="SHAP explainer"
+    )
+    explain.add_argument("--background", type=int, default=64, help="SHAP background size")
+    explain.add_argument("--lime-samples", type=int, default=1000)
+
     compress = commands.add_parser("compress", help="prune, quantize and distil a study's best CNN")
     compress.add_argument("spec")
     compress.add_argument(
@@ -67,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {
         "study": _study,
         "ui": _ui,
+        "explain": _explain,
         "compress": _compress,
         "export": _export,
         "serve": _serve,
@@ -111,6 +125,24 @@ def _study(args: argparse.Namespace) -> int:
     print(f"MLflow UI:        mlflow ui --backend-store-uri {result.tracking_uri} --host 127.0.0.1")
     print(f"optuna-dashboard: optuna-dashboard {result.storage_url} --host 127.0.0.1")
     print(f"both at once:     workbench ui --root {root}")
+    return 0
+
+
+def _explain(args) -> int:
+    from workbench.explain import explain_model
+
+    report = explain_model(
+        args.run_id,
+        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+        n=args.n,
+        shap_method=args.shap,
+        background=args.background,
+        lime_samples=args.lime_samples,
+        root=args.root,
+    )
+    print(f"explained {args.n} test inputs ({report.kind}); logged to run {args.run_id}/explain")
+    for name, value in report.trust.items():
+        print(f"  {name:28s} {value:8.4f}")
     return 0
 
 

@@ -19,7 +19,8 @@ import yaml
 # A checkpoint given as "study:NAME" means the best trial's checkpoint of study NAME in the same
 # storage (resolved by ``workbench.study.run_study``), e.g. a distillation teacher or GAN judge.
 STUDY_REFERENCE = "study:"
-IMAGE_DATA = frozenset({"mnist_subset", "digits", "idx"})
+# Data whose models the study's explanation step cannot explain (no class to attribute).
+UNEXPLAINED_DATA = frozenset({"adding", "gym"})
 
 
 class SpecError(ValueError):
@@ -383,11 +384,11 @@ def _check_against_registry(spec: ExperimentSpec) -> None:
         from workbench.models.supervised import SupervisedModule
 
         _require(
-            spec.data.name in IMAGE_DATA
+            spec.data.name not in UNEXPLAINED_DATA
             and issubclass(registry.model_class(spec.model.name), SupervisedModule),
             "explain.enabled",
-            f"the study explains image classifiers only, not {spec.model.name!r} on "
-            f"{spec.data.name!r} data; set it to false",
+            f"SHAP and LIME explain classifiers, not {spec.model.name!r} on {spec.data.name!r} "
+            "data; set it to false",
         )
     for key in spec.search_space:
         if "." in key:

@@ -197,3 +197,29 @@ def git_commit(path: str | Path = ".") -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{sha}-dirty" if dirty else sha
+
+
+def logged_model_uri(store: Store, run_id: str) -> str:
+    """The URI of the model a run logged; clear errors for a missing run or a run without one."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = store.client.get_run(run_id)
+    except MlflowException as exc:
+        raise LookupError(f"run id {run_id!r}: no such run in {store.tracking_uri}") from exc
+    outputs = run.outputs.model_outputs if run.outputs else []
+    if not outputs:
+        raise LookupError(f"run id {run_id!r}: the run has no logged model (is it a trial run?)")
+    return f"models:/{outputs[0].model_id}"
+
+
+def run_spec(store: Store, run_id: str) -> dict:
+    """The experiment spec of a trial run, from ``spec.json`` of its study's parent run."""
+    run = store.client.get_run(run_id)
+    parent = run.data.tags.get("mlflow.parentRunId", run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = store.client.download_artifacts(parent, "spec.json", tmp)
+        except Exception as exc:  # MLflow raises several types for a missing artifact
+            raise LookupError(f"run id {run_id!r}: its study run has no spec.json") from exc
+        return json.loads(Path(path).read_text())

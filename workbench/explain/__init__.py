@@ -1,16 +1,303 @@
-"""Explanations of trained models: SHAP and LIME attributions, plotted and logged.
+"""Explanations of trained classifiers: SHAP and LIME attributions, plotted, measured, logged.
 
-``explain_best`` is the study's first-cut explanation of its best model (image classifiers).
+``explain_model`` takes a live module (or network) with its data module, or the id of an MLflow
+trial run, and returns an ``ExplanationReport``: the attributions of each method, their plots,
+and how far they can be trusted (faithfulness against random orders, SHAP-LIME agreement, and the
+randomised-weights sanity check). ``report.log(store, run_id)`` puts it all in the run.
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
-from workbench.explain.images import ImageExplanation, lime_images, shap_images, side_by_side
+from workbench.explain.core import Explanation, predict_proba, side_by_side
+from workbench.explain.images import ImageExplanation, grid_segments, lime_images, shap_images
+from workbench.explain.methods import SHAP_METHODS, lime_sequence, lime_tabular, shap_values
+from workbench.explain.trust import (
+    faithfulness,
+    plot_curves,
+    randomized_copy,
+    rank_agreement,
+    to_units,
+)
 
-__all__ = ["ImageExplanation", "explain_images", "explain_best", "lime_images", "shap_images"]
+__all__ = [
+    "Explanation",
+    "ExplanationReport",
+    "ImageExplanation",
+    "explain_best",
+    "explain_images",
+    "explain_model",
+    "lime_images",
+    "shap_images",
+    "side_by_side",
+]
+
+
+@dataclass
+class ExplanationReport:
+    """Everything one explanation run produced."""
+
+    kind: str
+    explanations: dict[str, Explanation]
+    trust: dict[str, float]
+    curves: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shap(self) -> Explanation | None:
+        return self.explanations.get("shap")
+
+    @property
+    def lime(self) -> Explanation | None:
+        return self.explanations.get("lime")
+
+    def table(self):
+        """The trust metrics as a one-column DataFrame (for a notebook)."""
+        import pandas as pd
+
+        return pd.Series(self.trust, name="value").to_frame()
+
+    def figures(self) -> dict[str, Figure]:
+        figures = {name: e.plot() for name, e in self.explanations.items()}
+        if len(self.explanations) > 1:
+            figures["shap_vs_lime"] = side_by_side(*self.explanations.values())
+        if self.curves:
+            per_method = {
+                m: {k.split("/", 1)[1]: v for k, v in self.trust.items() if k.startswith(f"{m}/")}
+                for m in self.curves
+            }
+            figures["faithfulness"] = plot_curves(self.curves, per_method)
+        if self.kind == "tabular" and self.shap is not None:
+            figures.update(shap_summary_plots(self.shap))
+        return figures
+
+    def log(self, store, run_id: str, prefix: str = "explain") -> None:
+        """PNG plots, the arrays (.npz), trust metrics (JSON and MLflow metrics) into a run."""
+        from workbench import tracking
+
+        for name, figure in self.figures().items():
+            tracking.log_figure(store, run_id, figure, f"{prefix}/{name}.png")
+        arrays = {name: e.attributions for name, e in self.explanations.items()}
+        first = next(iter(self.explanations.values()))
+        arrays.update(
+            inputs=first.display, targets=first.targets, probabilities=first.probabilities
+        )
+        if first.labels is not None:
+            arrays["labels"] = np.asarray(first.labels)
+        tracking.log_arrays(store, run_id, f"{prefix}/attributions.npz", **arrays)
+        tracking.log_json(
+            store, run_id, {"trust": self.trust, "settings": self.settings}, f"{prefix}/trust.json"
+        )
+        metrics = {f"{prefix}/{k}": v for k, v in self.trust.items() if np.isfinite(v)}
+        tracking.log_metrics(store, run_id, metrics)
+
+
+def shap_summary_plots(explanation: Explanation) -> dict[str, Figure]:
+    """SHAP's own beeswarm and bar plots for table rows."""
+    import matplotlib.pyplot as plt
+    import shap
+
+    values = shap.Explanation(
+        values=explanation.attributions,
+        data=explanation.display,
+        feature_names=explanation.feature_names,
+    )
+    figures = {}
+    for name, draw in (("shap_beeswarm", shap.plots.beeswarm), ("shap_bar", shap.plots.bar)):
+        plt.figure()
+        draw(values, max_display=12, show=False)
+        figure = plt.gcf()
+        figure.suptitle(f"{explanation.method}, explained class per row", fontsize=9)
+        plt.close(figure)  # detached from pyplot, still drawable and savable
+        figures[name] = figure
+    return figures
+
+
+def _kind(data, inputs: torch.Tensor) -> str:
+    if getattr(data, "feature_names", None) is not None:
+        return "tabular"
+    if inputs.ndim == 4:
+        return "image"
+    if inputs.ndim == 3:
+        return "sequence"
+    raise ValueError(f"data: cannot explain inputs shaped {tuple(inputs.shape)}")
+
+
+def _network(source) -> torch.nn.Module:
+    network = getattr(source, "net", source)
+    if not isinstance(network, torch.nn.Module):
+        raise TypeError(f"explain: expected a module, network or run id; got {type(source)}")
+    return network
+
+
+def explain_model(
+    source,
+    data=None,
+    methods: tuple[str, ...] = ("shap", "lime"),
+    n: int = 20,
+    shap_method: str = "gradient",
+    background: int = 64,
+    shap_samples: int = 200,
+    lime_samples: int = 1000,
+    trust: bool = True,
+    steps: int = 20,
+    seed: int = 0,
+    root: str = "mlruns",
+    log: bool | None = None,
+) -> ExplanationReport:
+    """Explain the first ``n`` test inputs of a classifier with SHAP and/or LIME.
+
+    ``source``: a LightningModule (its ``.net`` is explained), a plain network, or an MLflow run
+    id of a trial (its logged model; its data rebuilt from the study's spec; the report is logged
+    to that run unless ``log=False``). SHAP uses a background of ``background`` training inputs.
+    """
+    from workbench import tracking
+
+    unknown = set(methods) - {"shap", "lime"}
+    if unknown or not methods:
+        raise ValueError(f"methods: choose from 'shap' and 'lime'; got {list(methods)}")
+    if shap_method not in SHAP_METHODS:
+        raise ValueError(f"shap_method: one of {', '.join(SHAP_METHODS)}; got {shap_method!r}")
+    run_id = None
+    if isinstance(source, str):  # an MLflow run id: everything comes from the store
+        from workbench.spec import load_spec
+        from workbench.train import build_datamodule
+
+        run_id = source
+        store = tracking.open_store(root, "workbench")
+        model_uri = tracking.logged_model_uri(store, run_id)  # fails clearly before loading
+        spec = load_spec(tracking.run_spec(store, run_id))
+        network = tracking.load_model(model_uri)
+        if data is None:
+            data = build_datamodule(spec)
+    else:
+        network = _network(source)
+        if data is None:
+            raise ValueError("data: pass the data module the model was trained on")
+    if hasattr(data, "model_kwargs") and data.model_kwargs().get("task") == "regression":
+        raise ValueError("data: explanations are built for classifiers, not regression targets")
+
+    test_x, test_y = data.split("test")
+    train_x, _ = data.split("train")
+    kind = _kind(data, test_x)
+    inputs, labels = test_x[:n].cpu(), test_y[:n].numpy()
+    try:
+        probabilities = predict_proba(network, inputs)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"data: inputs shaped {tuple(inputs.shape[1:])} do not fit the model: {exc}"
+        ) from exc
+    targets = probabilities.argmax(1)
+    generator = torch.Generator().manual_seed(seed)
+    chosen = train_x[torch.randperm(len(train_x), generator=generator)[:background]].cpu()
+    display = data.to_pixels(inputs).numpy()
+    if kind == "image":
+        display = display[:, 0]
+        blank = float(train_x.min())
+        baseline = torch.full_like(inputs[:1], blank)
+    else:
+        baseline = train_x.mean(0, keepdim=True).cpu()
+    names = getattr(data, "feature_names", None)
+    classes = getattr(data, "class_names", None)
+
+    def wrap(method: str, attributions: np.ndarray, settings: dict) -> Explanation:
+        return Explanation(
+            method=method, kind=kind, display=display, attributions=attributions,
+            targets=targets, probabilities=probabilities, labels=labels,
+            feature_names=names, class_names=classes, settings=settings,
+        )  # fmt: skip
+
+    explanations, raw, timings = {}, {}, {}
+    if "shap" in methods:
+        started = time.perf_counter()
+        raw["shap"] = shap_values(network, inputs, chosen, targets, shap_method, shap_samples, seed)
+        timings["shap"] = time.perf_counter() - started
+        per_unit = to_units(kind, raw["shap"]).reshape(-1, *_unit_shape(kind, inputs))
+        label = {"gradient": "GradientExplainer", "deep": "DeepExplainer", "kernel": "Kernel"}
+        explanations["shap"] = wrap(
+            f"SHAP ({label[shap_method]})",
+            per_unit,
+            {"explainer": shap_method, "background": len(chosen), "nsamples": shap_samples},
+        )
+    if "lime" in methods:
+        started = time.perf_counter()
+        if kind == "image":
+            found = lime_images(network, inputs, num_samples=lime_samples, seed=seed)
+            lime_units, settings = found.attributions, found.settings
+        elif kind == "tabular":
+            lime_units = lime_tabular(
+                network, inputs, train_x, targets, names, classes, lime_samples, seed
+            )
+            settings = {"num_samples": lime_samples, "discretizer": "quartile"}
+        else:
+            lime_units = lime_sequence(network, inputs, baseline[0], targets, lime_samples, seed)
+            settings = {"num_samples": lime_samples, "units": "time steps"}
+        timings["lime"] = time.perf_counter() - started
+        explanations["lime"] = wrap("LIME", lime_units, settings)
+
+    scores: dict[str, float] = {f"seconds/{k}": v for k, v in timings.items()}
+    curves = {}
+    if trust:
+        for name, explanation in explanations.items():
+            units = to_units(kind, explanation.attributions)
+            found, curves[name] = faithfulness(
+                network, inputs, units, targets, baseline, kind, steps, seed=seed
+            )
+            scores.update({f"{name}/{k}": v for k, v in found.items()})
+        if len(explanations) == 2:
+            scores["agreement/spearman"] = rank_agreement(
+                *_comparable(kind, explanations["shap"], explanations["lime"])
+            )
+        if "shap" in explanations:
+            randomized = randomized_copy(network, seed)
+            random_values = shap_values(
+                randomized, inputs, chosen, targets, shap_method, shap_samples, seed
+            )
+            trained_units = to_units(kind, raw["shap"])
+            random_units = to_units(kind, random_values)
+            scores["sanity/spearman"] = rank_agreement(trained_units, random_units)
+            scores["sanity/spearman_abs"] = rank_agreement(
+                np.abs(trained_units), np.abs(random_units)
+            )
+    report = ExplanationReport(
+        kind,
+        explanations,
+        scores,
+        curves,
+        {"n": len(inputs), "seed": seed, "steps": steps, "methods": list(methods)},
+    )
+    if run_id is not None and log is not False:
+        report.log(store, run_id)
+    return report
+
+
+def _unit_shape(kind: str, inputs: torch.Tensor) -> tuple[int, ...]:
+    return {
+        "image": tuple(inputs.shape[2:]),
+        "tabular": tuple(inputs.shape[1:]),
+        "sequence": (inputs.shape[1],),
+    }[kind]
+
+
+def _comparable(kind: str, shap_exp: Explanation, lime_exp: Explanation):
+    """Both methods on LIME's units: for images, SHAP summed over each LIME patch."""
+    if kind != "image":
+        return to_units(kind, shap_exp.attributions), to_units(kind, lime_exp.attributions)
+    height, width = shap_exp.attributions.shape[1:]
+    segments = grid_segments(height, width, lime_exp.settings.get("patch", 4)).ravel()
+    count = segments.max() + 1
+    flat_shap = shap_exp.attributions.reshape(len(shap_exp.attributions), -1)
+    flat_lime = lime_exp.attributions.reshape(len(lime_exp.attributions), -1)
+    per_patch = np.stack([np.bincount(segments, row, count) for row in flat_shap])
+    lime_patch = np.stack([np.bincount(segments, row, count) for row in flat_lime])
+    return per_patch, lime_patch
 
 
 def explain_images(
@@ -22,52 +309,23 @@ def explain_images(
     lime_samples: int = 1000,
     seed: int = 0,
 ):
-    """SHAP and LIME for the first ``n_images`` test images; background from the training split."""
-    test_x, test_y = data.split("test")
-    train_x, _ = data.split("train")
-    generator = torch.Generator().manual_seed(seed)
-    chosen = torch.randperm(len(train_x), generator=generator)[:background]
-    inputs, labels = test_x[:n_images], test_y[:n_images].numpy()
-    pixels = data.to_pixels(inputs)[:, 0].numpy()
-    shap_exp = shap_images(network, inputs, train_x[chosen], pixels, labels, shap_samples, seed)
-    lime_exp = lime_images(network, inputs, pixels, labels, lime_samples, seed=seed)
-    return shap_exp, lime_exp
+    """SHAP and LIME for the first ``n_images`` test images (no trust metrics): a quick look."""
+    report = explain_model(
+        network, data, ("shap", "lime"), n_images, "gradient", background, shap_samples,
+        lime_samples, trust=False, seed=seed,
+    )  # fmt: skip
+    return report.shap, report.lime
 
 
-def explain_best(spec, best_trial, store, data) -> tuple[ImageExplanation, ImageExplanation]:
-    """Explain a study's best model and log the plots and arrays to its MLflow run."""
-    from workbench import tracking
+def explain_best(spec, best_trial, store, data) -> ExplanationReport:
+    """Explain a study's best model and log plots, arrays and trust metrics to its MLflow run."""
     from workbench.train import load_module
 
     module = load_module(best_trial.user_attrs["checkpoint"], spec.model.name)
     settings = spec.explain
-    shap_exp, lime_exp = explain_images(
-        module.net,
-        data,
-        settings.n_images,
-        settings.background,
-        settings.shap_samples,
-        settings.lime_samples,
-        spec.seed,
-    )
-    run_id = best_trial.user_attrs["mlflow_run_id"]
-    tracking.log_figure(store, run_id, shap_exp.plot(), "explain/shap.png")
-    tracking.log_figure(store, run_id, lime_exp.plot(), "explain/lime.png")
-    tracking.log_figure(store, run_id, side_by_side(shap_exp, lime_exp), "explain/shap_vs_lime.png")
-    tracking.log_arrays(
-        store,
-        run_id,
-        "explain/attributions.npz",
-        shap=shap_exp.attributions,
-        lime=lime_exp.attributions,
-        pixels=shap_exp.pixels,
-        targets=shap_exp.targets,
-        labels=np.asarray(shap_exp.labels),
-    )
-    tracking.log_json(
-        store,
-        run_id,
-        {"shap": shap_exp.settings, "lime": lime_exp.settings},
-        "explain/settings.json",
-    )
-    return shap_exp, lime_exp
+    report = explain_model(
+        module, data, ("shap", "lime"), settings.n_images, "gradient", settings.background,
+        settings.shap_samples, settings.lime_samples, trust=True, seed=spec.seed,
+    )  # fmt: skip
+    report.log(store, best_trial.user_attrs["mlflow_run_id"])
+    return report

@@ -5,69 +5,13 @@ Both take the plain network and normalised input tensors; neither knows how the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
+from workbench.explain.core import Explanation, predict_proba, side_by_side
 
-@dataclass
-class ImageExplanation:
-    """Per-pixel attributions for the class each image is explained for."""
-
-    method: str
-    pixels: np.ndarray
-    """(N, H, W) inputs as [0, 1] pixels, for display."""
-    attributions: np.ndarray
-    """(N, H, W) contribution of each pixel to the explained class."""
-    targets: np.ndarray
-    """(N,) explained class: the model's prediction."""
-    probabilities: np.ndarray
-    """(N, C) the model's class probabilities."""
-    labels: np.ndarray | None = None
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    def plot(self, axes: np.ndarray | None = None) -> Figure:
-        """Input and attribution overlay (diverging: red for, blue against the class) per image."""
-        n = len(self.pixels)
-        if axes is None:
-            figure = Figure(figsize=(2.2 * n, 4.6), layout="constrained")
-            axes = figure.subplots(2, n, squeeze=False)
-        figure = axes[0, 0].figure
-        for i in range(n):
-            truth = f" (true {self.labels[i]})" if self.labels is not None else ""
-            axes[0, i].imshow(self.pixels[i], cmap="gray")
-            axes[0, i].set_title(
-                f"pred {self.targets[i]} p={self.probabilities[i, self.targets[i]]:.2f}{truth}",
-                fontsize=8,
-            )
-            limit = float(np.abs(self.attributions[i]).max()) or 1.0
-            axes[1, i].imshow(self.pixels[i], cmap="gray", alpha=0.35)
-            image = axes[1, i].imshow(
-                self.attributions[i], cmap="bwr", vmin=-limit, vmax=limit, alpha=0.8
-            )
-            axes[1, i].set_title(self.method, fontsize=8)
-            for ax in axes[:, i]:
-                ax.set_xticks([])
-                ax.set_yticks([])
-        figure.colorbar(image, ax=list(axes[1]), shrink=0.8, label="attribution")
-        return figure
-
-
-@torch.no_grad()
-def predict_proba(
-    network: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 512
-) -> np.ndarray:
-    """Softmax probabilities in batches (LIME sends thousands of perturbed images at once)."""
-    network.eval()
-    device = next(network.parameters()).device
-    chunks = [
-        torch.softmax(network(inputs[i : i + batch_size].to(device)), dim=1).cpu()
-        for i in range(0, len(inputs), batch_size)
-    ]
-    return torch.cat(chunks).numpy()
+ImageExplanation = Explanation  # the name earlier versions used
+__all__ = ["ImageExplanation", "grid_segments", "lime_images", "shap_images", "side_by_side"]
 
 
 def shap_images(
@@ -78,7 +22,7 @@ def shap_images(
     labels: np.ndarray | None = None,
     nsamples: int = 200,
     seed: int = 0,
-) -> ImageExplanation:
+) -> Explanation:
     """SHAP GradientExplainer (expected gradients) for each image's predicted class."""
     import shap
 
@@ -88,9 +32,10 @@ def shap_images(
         inputs.cpu(), nsamples=nsamples, ranked_outputs=1, rseed=seed
     )
     attributions = np.asarray(values)[..., 0].sum(axis=1)  # (N, C, H, W, 1) → (N, H, W)
-    return ImageExplanation(
+    return Explanation(
         method="SHAP (GradientExplainer)",
-        pixels=_pixels(inputs, pixels),
+        kind="image",
+        display=_pixels(inputs, pixels),
         attributions=attributions,
         targets=np.asarray(ranked)[:, 0].astype(int),
         probabilities=predict_proba(network, inputs),
@@ -115,7 +60,7 @@ def lime_images(
     patch: int = 4,
     seed: int = 0,
     batch_size: int = 512,
-) -> ImageExplanation:
+) -> Explanation:
     """LIME with square-patch segments; hidden patches take the background (blank) value."""
     from lime import lime_image
 
@@ -149,34 +94,16 @@ def lime_images(
         weights = dict(explanation.local_exp[int(targets[i])])
         per_segment = np.array([weights.get(s, 0.0) for s in range(segments.max() + 1)])
         attributions[i] = per_segment[segments]
-    return ImageExplanation(
+    return Explanation(
         method="LIME",
-        pixels=_pixels(inputs, pixels),
+        kind="image",
+        display=_pixels(inputs, pixels),
         attributions=attributions,
         targets=targets,
         probabilities=probabilities,
         labels=labels,
         settings={"num_samples": num_samples, "patch": patch, "seed": seed},
     )
-
-
-def side_by_side(*explanations: ImageExplanation) -> Figure:
-    """One column per image: the input, then one attribution row per method."""
-    n = len(explanations[0].pixels)
-    figure = Figure(figsize=(2.2 * n, 2.2 * (len(explanations) + 1)), layout="constrained")
-    axes = figure.subplots(len(explanations) + 1, n, squeeze=False)
-    first = explanations[0]
-    for i in range(n):
-        axes[0, i].imshow(first.pixels[i], cmap="gray")
-        axes[0, i].set_title(f"pred {first.targets[i]}", fontsize=8)
-        for row, explanation in enumerate(explanations, start=1):
-            limit = float(np.abs(explanation.attributions[i]).max()) or 1.0
-            axes[row, i].imshow(explanation.attributions[i], cmap="bwr", vmin=-limit, vmax=limit)
-            axes[row, i].set_title(explanation.method.split(" ")[0], fontsize=8)
-        for ax in axes[:, i]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    return figure
 
 
 def _pixels(inputs: torch.Tensor, pixels: np.ndarray | None) -> np.ndarray:

@@ -53,12 +53,13 @@ class ConvNet(nn.Module):
 
 @register_model("cnn")
 class CNNClassifier(SupervisedModule):
-    """ConvNet trained with cross-entropy, AdamW and a cosine schedule."""
+    """ConvNet trained with cross-entropy (or MSE for regression), AdamW and a cosine schedule."""
 
     def __init__(
         self,
         input_shape: tuple[int, int, int] = (1, 28, 28),
         num_classes: int = 10,
+        task: str = "classification",
         width: int = 32,
         depth: int = 2,
         hidden: int = 128,
@@ -66,6 +67,7 @@ class CNNClassifier(SupervisedModule):
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
     ) -> None:
-        super().__init__(num_classes)
+        super().__init__(num_classes, task)
         self.save_hyperparameters()
-        self.net = ConvNet(tuple(input_shape), num_classes, width, depth, hidden, dropout)
+        outputs = self.output_size(num_classes, task)
+        self.net = ConvNet(tuple(input_shape), outputs, width, depth, hidden, dropout)

@@ -7,7 +7,8 @@ Adam optimiser (lr 2e-4, β1 = 0.5 as in the paper) and they take turns on every
 Sample quality is judged by a trained ``cnn`` classifier (``judge_checkpoint``): on a fixed set of
 generated images, its mean top-class probability (``confidence``: do they look like digits?) and
 the share of the rarest predicted class (``min_class_share``: are all digits made, or did the
-generator collapse onto a few modes?).
+generator collapse onto a few modes?). A minibatch-standard-deviation feature in the
+discriminator works against that collapse.
 """
 
 from __future__ import annotations
@@ -46,6 +47,15 @@ class Generator(nn.Module):
         return self.upsample(self.project(noise).view(-1, *self.grid))
 
 
+class MinibatchStd(nn.Module):
+    """Appends the batch's mean feature standard deviation as one more channel (Karras et al.,
+    2018): a generator that makes the same image again and again is then easy to tell apart."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        spread = features.std(dim=0, unbiased=False).mean()
+        return torch.cat([features, spread.expand(len(features), 1, *features.shape[2:])], 1)
+
+
 class Discriminator(nn.Module):
     """(N, C, H, W) images → (N,) logits of "real"."""
 
@@ -55,8 +65,8 @@ class Discriminator(nn.Module):
         self.net = nn.Sequential(
             nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2),
             nn.Conv2d(width, 2 * width, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * width),
-            nn.LeakyReLU(0.2), nn.Flatten(),
-            nn.Linear(2 * width * (height // 4) * (width_px // 4), 1),
+            nn.LeakyReLU(0.2), MinibatchStd(), nn.Flatten(),
+            nn.Linear((2 * width + 1) * (height // 4) * (width_px // 4), 1),
         )  # fmt: skip
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -58,6 +58,10 @@ def test_experiment_runs_through_the_study_path(name: str, tmp_path: Path, teach
     child = client.get_run(result.best_run_id)
     assert child.info.status == "FINISHED"
     assert math.isfinite(child.data.metrics[spec.study.metric])
+    if spec.explain.enabled:  # SHAP and LIME with their trust metrics, in the best run
+        logged = {f.path for f in client.list_artifacts(result.best_run_id, "explain")}
+        assert {"explain/shap.png", "explain/lime.png", "explain/trust.json"} <= logged
+        assert "explain/agreement/spearman" in client.get_run(result.best_run_id).data.metrics
     if name in FIGURES:
         drawn = [f.path for f in client.list_artifacts(result.best_run_id, FIGURES[name])]
         assert drawn and all(p.endswith(".png") for p in drawn)

@@ -145,3 +145,30 @@ def test_explain_model_names_bad_input(tmp_path):
     with pytest.raises(ValueError, match="regression"):
         adding = build_data("adding", length=10, n_train=16, n_val=8, n_test=8)
         explain_model(build_model("lstm", input_shape=(10, 2), num_classes=1), adding)
+
+
+def test_explain_command_names_a_missing_run_and_a_run_without_a_model(tiny_study, capsys):
+    from workbench.cli import main
+
+    spec, result = tiny_study
+    assert main(["explain", "0123456789abcdef", "--root", spec.tracking.root]) == 2
+    assert "run id '0123456789abcdef': no such run" in capsys.readouterr().err
+    assert main(["explain", result.parent_run_id, "--root", spec.tracking.root]) == 2
+    assert "has no logged model" in capsys.readouterr().err
+
+
+def test_explain_command_logs_the_report_to_the_trial_run(tiny_study, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from workbench.cli import main
+
+    spec, result = tiny_study
+    args = ["explain", result.best_run_id, "--root", spec.tracking.root, "--n", "3"]
+    assert main([*args, "--lime-samples", "100"]) == 0
+    printed = capsys.readouterr().out
+    assert "shap/deletion_auc" in printed and "sanity/spearman" in printed
+    client = MlflowClient(result.tracking_uri)
+    logged = {f.path for f in client.list_artifacts(result.best_run_id, "explain")}
+    assert {"explain/shap_vs_lime.png", "explain/faithfulness.png", "explain/trust.json"} <= logged
+    metrics = client.get_run(result.best_run_id).data.metrics
+    assert 0.0 <= metrics["explain/shap/deletion_auc"] <= 1.0

@@ -86,6 +86,41 @@ def test_studies_notebook_runs_in_smoke_mode(tmp_path: Path):
 
 
 @pytest.mark.slow
+def test_explain_notebook_runs_in_smoke_mode(tmp_path: Path):
+    import papermill
+    from mlflow.tracking import MlflowClient
+
+    root = tmp_path / "mlruns"
+    out = tmp_path / "out.ipynb"
+    papermill.execute_notebook(
+        str(REPO / "notebooks" / "03_explain.ipynb"),
+        str(out),
+        parameters={
+            "image_spec": str(EXPERIMENTS / "mnist_cnn.yaml"),
+            "table_spec": str(EXPERIMENTS / "breast_cancer_mlp.yaml"),
+            "root": str(root),
+            "trials": 1,
+            "overrides": ["trainer.max_epochs=2", "data.max_samples=500", "data.augment=false"],
+            "n": 3,
+            "lime_samples": 100,
+        },
+        cwd=str(tmp_path),
+        progress_bar=False,
+        kernel_name="python3",
+    )
+    cells = json.loads(out.read_text())["cells"]
+    images = [o for c in cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) >= 5, "attributions, faithfulness curves and SHAP summaries inline"
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    trials = client.search_runs(["1"], filter_string="tags.`workbench.role` = 'trial'")
+    assert len(trials) == 2
+    for run in trials:  # both explained models got their report logged
+        logged = {f.path for f in client.list_artifacts(run.info.run_id, "explain")}
+        assert {"explain/trust.json", "explain/faithfulness.png", "explain/shap.png"} <= logged
+        assert "explain/shap/deletion_auc" in run.data.metrics
+
+
+@pytest.mark.slow
 def test_compress_and_deploy_runs_in_smoke_mode(tmp_path: Path):
     import papermill
 

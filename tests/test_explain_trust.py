@@ -125,6 +125,9 @@ def test_explain_model_on_a_trained_mlp_is_faithful_and_passes_the_sanity_check(
     assert trust["shap/insertion_auc"] > trust["shap/random_insertion_auc"]
     assert trust["agreement/spearman"] > 0.2  # two methods, one model: they should broadly agree
     assert abs(trust["sanity/spearman"]) < 0.6  # random weights, different explanation
+    # Per-class values: any class can be explained, not only the predicted one.
+    other = explain_model(model, data, methods=("shap",), n=3, trust=False, target_class=0)
+    assert (other.shap.targets == 0).all()
     figures = report.figures()
     assert {"shap", "lime", "shap_vs_lime", "faithfulness", "shap_beeswarm", "shap_bar"} <= set(
         figures
@@ -140,6 +143,8 @@ def test_explain_model_names_bad_input(tmp_path):
         explain_model(wrong, data, n=2, trust=False)
     with pytest.raises(ValueError, match="methods"):
         explain_model(wrong, data, methods=("grad-cam",))
+    with pytest.raises(ValueError, match=r"target_class: must be in \[0, 10\)"):
+        explain_model(build_model("cnn", input_shape=(1, 8, 8), width=8), data, target_class=12)
     with pytest.raises(ValueError, match="data: pass the data module"):
         explain_model(wrong)
     with pytest.raises(ValueError, match="regression"):

@@ -151,12 +151,15 @@ def explain_model(
     seed: int = 0,
     root: str = "mlruns",
     log: bool | None = None,
+    target_class: int | None = None,
 ) -> ExplanationReport:
     """Explain the first ``n`` test inputs of a classifier with SHAP and/or LIME.
 
     ``source``: a LightningModule (its ``.net`` is explained), a plain network, or an MLflow run
     id of a trial (its logged model; its data rebuilt from the study's spec; the report is logged
     to that run unless ``log=False``). SHAP uses a background of ``background`` training inputs.
+    Each input is explained for its predicted class, or for ``target_class`` when given (SHAP
+    and LIME values are per class: explaining another class answers "what speaks for class k?").
     """
     from workbench import tracking
 
@@ -195,6 +198,12 @@ def explain_model(
             f"data: inputs shaped {tuple(inputs.shape[1:])} do not fit the model: {exc}"
         ) from exc
     targets = probabilities.argmax(1)
+    if target_class is not None:
+        if not 0 <= target_class < probabilities.shape[1]:
+            raise ValueError(
+                f"target_class: must be in [0, {probabilities.shape[1]}); got {target_class}"
+            )
+        targets = np.full_like(targets, target_class)
     generator = torch.Generator().manual_seed(seed)
     chosen = train_x[torch.randperm(len(train_x), generator=generator)[:background]].cpu()
     display = data.to_pixels(inputs).numpy()

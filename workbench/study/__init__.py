@@ -125,12 +125,10 @@ def _resolve_study_checkpoints(spec: ExperimentSpec) -> ExperimentSpec:
 def _open_study(spec: ExperimentSpec, worker: int = 0) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directions = [spec.study.direction, *spec.study.extra_objectives.values()]
-    # Each worker seeds its sampler differently, or all would propose the same first points.
-    seeded = dataclasses.replace(spec, seed=spec.seed + worker)
     return optuna.create_study(
         study_name=spec.name,
         storage=open_storage(storage_url(spec), spec.study.heartbeat_s, spec.study.retries),
-        sampler=make_sampler(seeded),
+        sampler=make_sampler(spec, worker),  # each worker seeds its sampler differently
         pruner=make_pruner(spec),
         directions=directions,
         load_if_exists=True,

@@ -14,20 +14,28 @@ import optuna
 from workbench.spec import ExperimentSpec, ParamSpec, SpecError
 
 
-def make_sampler(spec: ExperimentSpec) -> optuna.samplers.BaseSampler:
-    """The spec's sampler; a wrong name or option names the field."""
+def make_sampler(spec: ExperimentSpec, worker: int = 0) -> optuna.samplers.BaseSampler:
+    """The spec's sampler; a wrong name or option names the field.
+
+    The seed is ``study.sampler_options.seed`` if given, else the spec's ``seed``; each worker
+    adds its index, or all workers would propose the same first points.
+    """
     options = dict(spec.study.sampler_options)
+    seed = options.pop("seed", spec.seed)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise SpecError(f"study.sampler_options.seed: must be an integer; got {seed!r}")
+    seed += worker
     name = spec.study.sampler
     factories = {
         # constant_liar is set explicitly: Optuna 5 turned it on by default, 4.x had it off. On, it
         # keeps parallel workers from proposing the same point while trials are running.
         "tpe": lambda: optuna.samplers.TPESampler(
-            seed=spec.seed, **{"constant_liar": True, "multivariate": True, **options}
+            seed=seed, **{"constant_liar": True, "multivariate": True, **options}
         ),
-        "random": lambda: optuna.samplers.RandomSampler(seed=spec.seed, **options),
-        "grid": lambda: optuna.samplers.GridSampler(grid_points(spec), seed=spec.seed, **options),
-        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=spec.seed, **options),
-        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=spec.seed, **options),
+        "random": lambda: optuna.samplers.RandomSampler(seed=seed, **options),
+        "grid": lambda: optuna.samplers.GridSampler(grid_points(spec), seed=seed, **options),
+        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed, **options),
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed, **options),
     }
     if name not in factories:
         raise SpecError(f"study.sampler: unknown sampler {name!r}; valid: {', '.join(factories)}")

@@ -108,3 +108,26 @@ def test_single_objective_summary_holds_optunas_plots_and_the_champion(tmp_path:
     version = client.get_model_version_by_alias(result.registered_model, "champion")
     assert version.run_id == result.best_run_id
     assert client.get_run(result.parent_run_id).data.metrics["trials/complete"] == 3
+
+
+def _first_params(overrides: list[str], worker: int = 0) -> dict:
+    import optuna
+
+    from workbench.spec import load_spec
+    from workbench.study.config import make_sampler, sample_params
+
+    spec = load_spec(SPEC, overrides)
+    study = optuna.create_study(sampler=make_sampler(spec, worker), direction="maximize")
+    return sample_params(spec.search_space, study.ask())
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_sampler_seed_option_and_worker_offsets(sampler: str):
+    base = [f"study.sampler={sampler}"]
+    assert _first_params(base) == _first_params([*base, "seed=42"])  # the spec seed by default
+    seeded = [*base, "study.sampler_options={seed: 7}"]
+    assert _first_params(seeded) == _first_params(seeded)
+    assert _first_params(seeded) != _first_params(base)
+    assert _first_params(seeded, worker=1) != _first_params(seeded)  # workers draw differently
+    with pytest.raises(SpecError, match="study.sampler_options.seed: must be an integer"):
+        _first_params([*base, "study.sampler_options={seed: abc}"])

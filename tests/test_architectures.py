@@ -90,10 +90,7 @@ def test_experiment_runs_through_the_study_path(name: str, tmp_path: Path, teach
         torch.testing.assert_close(network(inputs), module.net(inputs), atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize(
-    "name", ["breast_cancer_mlp", "seqmnist_transformer", "adding_lstm", "mnist_autoencoder",
-             "mnist_gan", "cartpole_dqn"],
-)  # fmt: skip
+@pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_same_seed_gives_the_same_first_epoch_metrics(
     name: str, tmp_path: Path, teacher_checkpoint
 ):

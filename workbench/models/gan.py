@@ -8,7 +8,8 @@ Sample quality is judged by a trained ``cnn`` classifier (``judge_checkpoint``):
 generated images, its mean top-class probability (``confidence``: do they look like digits?) and
 the share of the rarest predicted class (``min_class_share``: are all digits made, or did the
 generator collapse onto a few modes?). A minibatch-standard-deviation feature in the
-discriminator works against that collapse.
+discriminator works against that collapse; dropout and differentiable shifts of every image the
+discriminator sees (DiffAugment) keep it from memorising a small training set.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 
+from workbench.data.images import random_affine
 from workbench.registry import register_model
 
 # The frozen judge stays in eval mode during training on purpose.
@@ -57,15 +59,16 @@ class MinibatchStd(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """(N, C, H, W) images → (N,) logits of "real"."""
+    """(N, C, H, W) images → (N,) logits of "real"; dropout keeps it from memorising a small
+    training set, which would leave the generator without useful gradients."""
 
-    def __init__(self, input_shape: tuple[int, int, int], width: int) -> None:
+    def __init__(self, input_shape: tuple[int, int, int], width: int, dropout: float) -> None:
         super().__init__()
         channels, height, width_px = input_shape
         self.net = nn.Sequential(
-            nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2), nn.Dropout(dropout),
             nn.Conv2d(width, 2 * width, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * width),
-            nn.LeakyReLU(0.2), MinibatchStd(), nn.Flatten(),
+            nn.LeakyReLU(0.2), nn.Dropout(dropout), MinibatchStd(), nn.Flatten(),
             nn.Linear((2 * width + 1) * (height // 4) * (width_px // 4), 1),
         )  # fmt: skip
 
@@ -86,6 +89,8 @@ class GAN(pl.LightningModule):
         lr: float = 2e-4,
         beta1: float = 0.5,
         label_smoothing: float = 0.1,
+        d_dropout: float = 0.3,
+        augment_shift: float = 0.1,
         n_judged: int = 1000,
     ) -> None:
         super().__init__()
@@ -97,7 +102,7 @@ class GAN(pl.LightningModule):
         if shape[1] % 4 or shape[2] % 4:
             raise ValueError(f"input_shape: height and width must be multiples of 4; got {shape}")
         self.net = Generator(shape, latent, width)  # what is logged and exported
-        self.discriminator = Discriminator(shape, width)
+        self.discriminator = Discriminator(shape, width, d_dropout)
         self.judge = load_module(judge_checkpoint, "cnn").net.eval().requires_grad_(False)
         # The judge was trained on standardised pixels: their statistics are set in on_fit_start.
         self.register_buffer("pixel_mean", torch.tensor(0.0))
@@ -121,6 +126,15 @@ class GAN(pl.LightningModule):
         self.pixel_mean.fill_(float(images.mean()))
         self.pixel_std.fill_(float(images.std()))
 
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        """Differentiable random shifts of every image the discriminator sees, real or fake
+        (DiffAugment, Zhao et al. 2020): it cannot memorise 4,500 digits, and the generator's
+        gradients pass through the same transform."""
+        shift = self.hparams.augment_shift
+        if shift <= 0:
+            return images
+        return random_affine(images, max_degrees=0.0, max_shift=shift)
+
     def training_step(self, batch, batch_idx):
         real, _ = batch
         d_opt, g_opt = self.optimizers()
@@ -128,8 +142,8 @@ class GAN(pl.LightningModule):
         fake = self.net(noise)
 
         # Discriminator: real → 1 (smoothed, Salimans et al. 2016), fake → 0.
-        real_logits = self.discriminator(real)
-        fake_logits = self.discriminator(fake.detach())
+        real_logits = self.discriminator(self.augment(real))
+        fake_logits = self.discriminator(self.augment(fake.detach()))
         d_loss = F.binary_cross_entropy_with_logits(
             real_logits, torch.full_like(real_logits, 1.0 - self.hparams.label_smoothing)
         ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
@@ -138,7 +152,7 @@ class GAN(pl.LightningModule):
         d_opt.step()
 
         # Generator: make the discriminator call the fakes real (non-saturating loss).
-        fooled = self.discriminator(fake)
+        fooled = self.discriminator(self.augment(fake))
         g_loss = F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
         g_opt.zero_grad()
         self.manual_backward(g_loss)

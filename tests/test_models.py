@@ -232,3 +232,17 @@ def test_gan_judge_detects_mode_collapse(checkpoint_8x8: str):
 def test_unknown_model_lists_the_valid_ones():
     with pytest.raises(UnknownNameError, match="valid: .*cnn.*dqn.*gan.*lstm.*transformer"):
         build_model("perceptron9000")
+
+
+def test_gan_exports_a_moving_average_of_the_generator(checkpoint_8x8: str):
+    model = _build("gan", checkpoint_8x8, ema_decay=0.75)
+    before = [p.clone() for p in model.net.parameters()]
+    with torch.no_grad():
+        for p in model.generator.parameters():
+            p.add_(1.0)  # as if an optimiser step had moved every weight by +1
+    model._update_average()
+    for average, old, live in zip(
+        model.net.parameters(), before, model.generator.parameters(), strict=True
+    ):
+        torch.testing.assert_close(average, 0.75 * old + 0.25 * live)
+        assert not average.requires_grad  # only the live generator is optimised

@@ -9,11 +9,13 @@ generated images, its mean top-class probability (``confidence``: do they look l
 the share of the rarest predicted class (``min_class_share``: are all digits made, or did the
 generator collapse onto a few modes?). A minibatch-standard-deviation feature in the
 discriminator works against that collapse; dropout and differentiable shifts of every image the
-discriminator sees (DiffAugment) keep it from memorising a small training set.
+discriminator sees (DiffAugment) keep it from memorising a small training set. What is judged and
+exported is a moving average of the generator's weights.
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import lightning.pytorch as pl
@@ -91,6 +93,7 @@ class GAN(pl.LightningModule):
         label_smoothing: float = 0.1,
         d_dropout: float = 0.3,
         augment_shift: float = 0.1,
+        ema_decay: float = 0.999,
         n_judged: int = 1000,
     ) -> None:
         super().__init__()
@@ -101,7 +104,10 @@ class GAN(pl.LightningModule):
         shape = tuple(input_shape)
         if shape[1] % 4 or shape[2] % 4:
             raise ValueError(f"input_shape: height and width must be multiples of 4; got {shape}")
-        self.net = Generator(shape, latent, width)  # what is logged and exported
+        self.generator = Generator(shape, latent, width)  # trained by its optimiser
+        # What is judged, logged and exported: an exponential moving average of the generator's
+        # weights (Yazıcı et al., 2019), smoother than the weights at any one step.
+        self.net = copy.deepcopy(self.generator).requires_grad_(False)
         self.discriminator = Discriminator(shape, width, d_dropout)
         self.judge = load_module(judge_checkpoint, "cnn").net.eval().requires_grad_(False)
         # The judge was trained on standardised pixels: their statistics are set in on_fit_start.
@@ -139,7 +145,7 @@ class GAN(pl.LightningModule):
         real, _ = batch
         d_opt, g_opt = self.optimizers()
         noise = torch.randn(len(real), self.hparams.latent, device=real.device)
-        fake = self.net(noise)
+        fake = self.generator(noise)
 
         # Discriminator: real → 1 (smoothed, Salimans et al. 2016), fake → 0.
         real_logits = self.discriminator(self.augment(real))
@@ -157,8 +163,17 @@ class GAN(pl.LightningModule):
         g_opt.zero_grad()
         self.manual_backward(g_loss)
         g_opt.step()
+        self._update_average()
         self.losses["d_loss"].update(d_loss.detach())
         self.losses["g_loss"].update(g_loss.detach())
+
+    @torch.no_grad()
+    def _update_average(self) -> None:
+        decay = self.hparams.ema_decay
+        for average, live in zip(self.net.parameters(), self.generator.parameters(), strict=True):
+            average.lerp_(live, 1.0 - decay)
+        for average, live in zip(self.net.buffers(), self.generator.buffers(), strict=True):
+            average.copy_(live)  # batch-norm statistics follow the live generator
 
     def on_train_epoch_end(self) -> None:
         self.log_dict({f"train/{k}": m.compute() for k, m in self.losses.items()})
@@ -199,7 +214,7 @@ class GAN(pl.LightningModule):
         betas = (self.hparams.beta1, 0.999)
         return [
             torch.optim.Adam(self.discriminator.parameters(), lr=self.hparams.lr, betas=betas),
-            torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr, betas=betas),
+            torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr, betas=betas),
         ]
 
     def epoch_figures(self) -> dict:

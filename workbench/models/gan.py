@@ -32,17 +32,22 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
 class Generator(nn.Module):
-    """(N, latent) noise → (N, C, H, W) images in [0, 1]; H and W multiples of 4."""
+    """(N, latent) noise → (N, C, H, W) images in [0, 1]; H and W multiples of 4.
+
+    As in the DCGAN of the TensorFlow tutorial: a projection to 4·width channels on a quarter-size
+    grid, a stride-1 transposed convolution, then two stride-2 ones up to full size."""
 
     def __init__(self, input_shape: tuple[int, int, int], latent: int, width: int) -> None:
         super().__init__()
         channels, height, width_px = input_shape
-        self.grid = (2 * width, height // 4, width_px // 4)
+        self.grid = (4 * width, height // 4, width_px // 4)
         self.project = nn.Sequential(
-            nn.Linear(latent, 2 * width * self.grid[1] * self.grid[2], bias=False),
-            nn.BatchNorm1d(2 * width * self.grid[1] * self.grid[2]), nn.ReLU(),
+            nn.Linear(latent, 4 * width * self.grid[1] * self.grid[2], bias=False),
+            nn.BatchNorm1d(4 * width * self.grid[1] * self.grid[2]), nn.ReLU(),
         )  # fmt: skip
         self.upsample = nn.Sequential(
+            nn.ConvTranspose2d(4 * width, 2 * width, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(2 * width), nn.ReLU(),
             nn.ConvTranspose2d(2 * width, width, 4, 2, 1, bias=False), nn.BatchNorm2d(width),
             nn.ReLU(), nn.ConvTranspose2d(width, channels, 4, 2, 1), nn.Sigmoid(),
         )  # fmt: skip

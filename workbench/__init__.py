@@ -26,13 +26,14 @@ _EXPORTS = {
     "build_datamodule": "workbench.train",
     "load_module": "workbench.train",
     "explain_images": "workbench.explain",
+    "explain_model": "workbench.explain",
     "load_model": "workbench.tracking",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from workbench.explain import explain_images
+    from workbench.explain import explain_images, explain_model
     from workbench.registry import available_data, available_models, build_data, build_model
     from workbench.spec import ExperimentSpec, SpecError, load_spec
     from workbench.study import StudyResult, run_study

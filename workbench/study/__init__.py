@@ -7,8 +7,10 @@ the same study name resumes it and repairs runs a killed process left RUNNING.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import os
 import time
 import warnings
 from pathlib import Path
@@ -84,7 +86,8 @@ def run_study(
     try:
         if remaining > 0:
             helpers = [_start_worker(spec, parent, i) for i in range(1, spec.study.workers)]
-            _optimize(spec, study, data, store, parent, remaining)
+            with _share_cores(spec.study.workers):
+                _optimize(spec, study, data, store, parent, remaining)
             for helper in helpers:
                 helper.join()
             if any(helper.exitcode != 0 for helper in helpers):
@@ -160,8 +163,22 @@ def _start_worker(spec: ExperimentSpec, parent: str, index: int):
     return process
 
 
+@contextlib.contextmanager
+def _share_cores(workers: int):
+    """Each of ``workers`` processes gets its share of the cores for torch's thread pool: the
+    main process too, or N workers of all-core thread pools fight over the same cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _worker_main(raw_spec: dict, parent: str, index: int) -> None:
-    import os
     import signal
 
     import torch

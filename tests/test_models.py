@@ -246,3 +246,15 @@ def test_gan_exports_a_moving_average_of_the_generator(checkpoint_8x8: str):
     ):
         torch.testing.assert_close(average, 0.75 * old + 0.25 * live)
         assert not average.requires_grad  # only the live generator is optimised
+
+
+def test_autoencoder_encoder_is_reusable_as_a_backbone(checkpoint_8x8: str, tmp_path: Path):
+    from workbench.models.autoencoder import load_encoder
+
+    model = _build("autoencoder", checkpoint_8x8).eval()
+    path = save_checkpoint(model, tmp_path / "ae.ckpt")
+    encoder = load_encoder(path).eval()
+    images = _inputs("autoencoder", 4)
+    with torch.no_grad():
+        assert torch.equal(encoder(images), model.encode(images))
+        assert encoder(images).shape == (4, SHAPES["autoencoder"][0]["code"])

@@ -41,6 +41,7 @@ class DistilledCNN(SupervisedModule):
         teacher_checkpoint: str,
         input_shape: tuple[int, int, int] = (1, 28, 28),
         num_classes: int = 10,
+        task: str = "classification",
         width: int = 8,
         depth: int = 2,
         hidden: int = 32,
@@ -50,6 +51,8 @@ class DistilledCNN(SupervisedModule):
         temperature: float = 4.0,
         alpha: float = 0.7,
     ) -> None:
+        if task != "classification":
+            raise ValueError("task: distillation of soft labels needs a classification task")
         super().__init__(num_classes)
         from workbench.train import load_module
 

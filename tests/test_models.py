@@ -258,3 +258,15 @@ def test_autoencoder_encoder_is_reusable_as_a_backbone(checkpoint_8x8: str, tmp_
     with torch.no_grad():
         assert torch.equal(encoder(images), model.encode(images))
         assert encoder(images).shape == (4, SHAPES["autoencoder"][0]["code"])
+
+
+def test_gan_discriminator_with_spectral_norm_has_unit_spectral_norm(checkpoint_8x8: str):
+    model = _build("gan", checkpoint_8x8, spectral_norm=True)
+    disc = model.discriminator.train()
+    images = torch.rand(8, 1, 8, 8)
+    for _ in range(20):  # power iterations converge while the layer is used in training mode
+        disc(images)
+    first = disc.net[0]
+    assert hasattr(first, "parametrizations")
+    top = torch.linalg.matrix_norm(first.weight.detach().flatten(1), ord=2)
+    assert float(top) == pytest.approx(1.0, abs=0.05)

@@ -69,14 +69,24 @@ class Discriminator(nn.Module):
     """(N, C, H, W) images → (N,) logits of "real"; dropout keeps it from memorising a small
     training set, which would leave the generator without useful gradients."""
 
-    def __init__(self, input_shape: tuple[int, int, int], width: int, dropout: float) -> None:
+    def __init__(
+        self,
+        input_shape: tuple[int, int, int],
+        width: int,
+        dropout: float,
+        spectral: bool = False,
+    ) -> None:
         super().__init__()
         channels, height, width_px = input_shape
+        # Spectral normalisation (Miyato et al., 2018) bounds each layer's Lipschitz constant;
+        # it replaces batch norm in the discriminator when on.
+        norm = nn.utils.parametrizations.spectral_norm if spectral else (lambda layer: layer)
         self.net = nn.Sequential(
-            nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2), nn.Dropout(dropout),
-            nn.Conv2d(width, 2 * width, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * width),
+            norm(nn.Conv2d(channels, width, 4, 2, 1)), nn.LeakyReLU(0.2), nn.Dropout(dropout),
+            norm(nn.Conv2d(width, 2 * width, 4, 2, 1, bias=spectral)),
+            nn.Identity() if spectral else nn.BatchNorm2d(2 * width),
             nn.LeakyReLU(0.2), nn.Dropout(dropout), MinibatchStd(), nn.Flatten(),
-            nn.Linear((2 * width + 1) * (height // 4) * (width_px // 4), 1),
+            norm(nn.Linear((2 * width + 1) * (height // 4) * (width_px // 4), 1)),
         )  # fmt: skip
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -99,6 +109,7 @@ class GAN(pl.LightningModule):
         d_dropout: float = 0.3,
         augment_shift: float = 0.1,
         ema_decay: float = 0.999,
+        spectral_norm: bool = False,
         n_judged: int = 1000,
     ) -> None:
         super().__init__()
@@ -113,7 +124,7 @@ class GAN(pl.LightningModule):
         # What is judged, logged and exported: an exponential moving average of the generator's
         # weights (Yazıcı et al., 2019), smoother than the weights at any one step.
         self.net = copy.deepcopy(self.generator).requires_grad_(False)
-        self.discriminator = Discriminator(shape, width, d_dropout)
+        self.discriminator = Discriminator(shape, width, d_dropout, spectral_norm)
         self.judge = load_module(judge_checkpoint, "cnn").net.eval().requires_grad_(False)
         # The judge was trained on standardised pixels: their statistics are set in on_fit_start.
         self.register_buffer("pixel_mean", torch.tensor(0.0))

@@ -12,6 +12,24 @@ from tests.conftest import EXPERIMENTS, REPO, tiny
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 
+def _execute(notebook: str, tmp_path: Path, parameters: dict) -> tuple[list, list]:
+    """Run a notebook with papermill in ``tmp_path``; its cells and the images they drew."""
+    import papermill
+
+    out = tmp_path / "out.ipynb"
+    papermill.execute_notebook(
+        str(REPO / "notebooks" / notebook),
+        str(out),
+        parameters=parameters,
+        cwd=str(tmp_path),
+        progress_bar=False,
+        kernel_name="python3",
+    )
+    cells = json.loads(out.read_text())["cells"]
+    images = [o for c in cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    return cells, images
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_is_a_thin_driver_with_stripped_outputs(path: Path):
     cells = json.loads(path.read_text())["cells"]
@@ -25,52 +43,36 @@ def test_notebook_is_a_thin_driver_with_stripped_outputs(path: Path):
 
 @pytest.mark.slow
 def test_quickstart_runs_in_smoke_mode(tmp_path: Path):
-    import papermill
-
     root = tmp_path / "mlruns"
-    out = tmp_path / "out.ipynb"
-    papermill.execute_notebook(
-        str(REPO / "notebooks" / "01_quickstart.ipynb"),
-        str(out),
-        parameters={
+    _, images = _execute(
+        "01_quickstart.ipynb",
+        tmp_path,
+        {
             "spec_path": str(EXPERIMENTS / "mnist_cnn.yaml"),
             "root": str(root),
             "trials": 2,
             "overrides": tiny(root)[1:],
             "n_images": 2,
         },
-        cwd=str(tmp_path),
-        progress_bar=False,
-        kernel_name="python3",
     )
-    cells = json.loads(out.read_text())["cells"]
-    images = [o for c in cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 3, "history, learning curves and attributions are drawn inline"
     assert (root / "mlflow.db").is_file() and (root / "optuna.db").is_file()
 
 
 @pytest.mark.slow
 def test_studies_notebook_runs_in_smoke_mode(tmp_path: Path):
-    import papermill
-
     root = tmp_path / "mlruns"
-    out = tmp_path / "out.ipynb"
-    papermill.execute_notebook(
-        str(REPO / "notebooks" / "02_studies.ipynb"),
-        str(out),
-        parameters={
+    cells, images = _execute(
+        "02_studies.ipynb",
+        tmp_path,
+        {
             "spec_path": str(EXPERIMENTS / "mnist_cnn.yaml"),
             "root": str(root),
             "trials": 3,
             "epochs": 2,
             "overrides": ["data.max_samples=300", "data.augment=false"],
         },
-        cwd=str(tmp_path),
-        progress_bar=False,
-        kernel_name="python3",
     )
-    cells = json.loads(out.read_text())["cells"]
-    images = [o for c in cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 4, "Pareto front, intermediate values and history are drawn inline"
     text = "".join(
         "".join(o.get("text", "")) for c in cells for o in c.get("outputs", []) if "text" in o
@@ -87,15 +89,13 @@ def test_studies_notebook_runs_in_smoke_mode(tmp_path: Path):
 
 @pytest.mark.slow
 def test_explain_notebook_runs_in_smoke_mode(tmp_path: Path):
-    import papermill
     from mlflow.tracking import MlflowClient
 
     root = tmp_path / "mlruns"
-    out = tmp_path / "out.ipynb"
-    papermill.execute_notebook(
-        str(REPO / "notebooks" / "03_explain.ipynb"),
-        str(out),
-        parameters={
+    _, images = _execute(
+        "03_explain.ipynb",
+        tmp_path,
+        {
             "image_spec": str(EXPERIMENTS / "mnist_cnn.yaml"),
             "table_spec": str(EXPERIMENTS / "breast_cancer_mlp.yaml"),
             "root": str(root),
@@ -104,12 +104,7 @@ def test_explain_notebook_runs_in_smoke_mode(tmp_path: Path):
             "n": 3,
             "lime_samples": 100,
         },
-        cwd=str(tmp_path),
-        progress_bar=False,
-        kernel_name="python3",
     )
-    cells = json.loads(out.read_text())["cells"]
-    images = [o for c in cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 5, "attributions, faithfulness curves and SHAP summaries inline"
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
     trials = client.search_runs(["1"], filter_string="tags.`workbench.role` = 'trial'")
@@ -122,16 +117,13 @@ def test_explain_notebook_runs_in_smoke_mode(tmp_path: Path):
 
 @pytest.mark.slow
 def test_compress_and_deploy_runs_in_smoke_mode(tmp_path: Path):
-    import papermill
-
     from tests.servers import free_port
 
     root = tmp_path / "mlruns"
-    out = tmp_path / "out.ipynb"
-    papermill.execute_notebook(
-        str(REPO / "notebooks" / "04_compress_and_deploy.ipynb"),
-        str(out),
-        parameters={
+    _, images = _execute(
+        "04_compress_and_deploy.ipynb",
+        tmp_path,
+        {
             "spec_path": str(EXPERIMENTS / "mnist_cnn.yaml"),
             "root": str(root),
             "trials": 1,
@@ -141,11 +133,6 @@ def test_compress_and_deploy_runs_in_smoke_mode(tmp_path: Path):
             "export_dir": str(tmp_path / "exports"),
             "port": free_port(),
         },
-        cwd=str(tmp_path),
-        progress_bar=False,
-        kernel_name="python3",
     )
-    cells = json.loads(out.read_text())["cells"]
-    images = [o for c in cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert images, "the compression report is drawn inline"
     assert (tmp_path / "exports" / "mnist_cnn.onnx").is_file()

@@ -163,10 +163,23 @@ def register_model(
 
 
 def load_model(model_uri: str):
-    """Load a logged network back (``models:/name@alias``, ``models:/m-…`` or ``runs:/…``)."""
+    """Load a logged network back (``models:/name@alias``, ``models:/m-…`` or ``runs:/…``).
+
+    The network is a ``torch.export`` graph traced in eval mode, whose ``train()``/``eval()``
+    raise; callers such as SHAP call ``eval()``, so both are made to do nothing.
+    """
+    import types
+
     import mlflow.pytorch
 
-    return mlflow.pytorch.load_model(model_uri)
+    network = mlflow.pytorch.load_model(model_uri)
+    try:
+        network.eval()
+    except NotImplementedError:
+        for module in network.modules():
+            module.train = types.MethodType(lambda self, mode=True: self, module)
+            module.eval = types.MethodType(lambda self: self, module)
+    return network
 
 
 def run_history(tracking_uri: str, run_id: str) -> list[dict[str, float]]:

@@ -177,7 +177,7 @@ def explain_model(
         store = tracking.open_store(root, "workbench")
         model_uri = tracking.logged_model_uri(store, run_id)  # fails clearly before loading
         spec = load_spec(tracking.run_spec(store, run_id))
-        network = _exported_as_eval(tracking.load_model(model_uri))
+        network = tracking.load_model(model_uri)
         if data is None:
             data = build_datamodule(spec)
     else:
@@ -285,20 +285,6 @@ def explain_model(
     if run_id is not None and log is not False:
         report.log(store, run_id)
     return report
-
-
-def _exported_as_eval(network: torch.nn.Module) -> torch.nn.Module:
-    """A model loaded from MLflow is a ``torch.export`` graph traced in eval mode, whose
-    ``train()``/``eval()`` raise; explainers call ``eval()``, which can then safely do nothing."""
-    import types
-
-    try:
-        network.eval()
-    except NotImplementedError:
-        for module in network.modules():
-            module.train = types.MethodType(lambda self, mode=True: self, module)
-            module.eval = types.MethodType(lambda self: self, module)
-    return network
 
 
 def _unit_shape(kind: str, inputs: torch.Tensor) -> tuple[int, ...]:

@@ -270,3 +270,17 @@ def test_gan_discriminator_with_spectral_norm_has_unit_spectral_norm(checkpoint_
     assert hasattr(first, "parametrizations")
     top = torch.linalg.matrix_norm(first.weight.detach().flatten(1), ord=2)
     assert float(top) == pytest.approx(1.0, abs=0.05)
+
+
+def test_a_diverged_gan_stops_with_floating_point_error(checkpoint_8x8: str, tmp_path: Path):
+    """The GAN logs two losses and no ``train/loss``: a NaN in either still stops the run."""
+    from workbench.registry import build_data
+    from workbench.spec import TrainerSpec
+    from workbench.train import fit
+
+    data = build_data("digits", seed=0, batch_size=64, normalize=False)
+    model = _build("gan", checkpoint_8x8)
+    with torch.no_grad():
+        model.discriminator.net[-1].bias.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match=r"train/d_loss became nan"):
+        fit(model, data, TrainerSpec(max_epochs=3, accelerator="cpu"), tmp_path, "val/quality")

@@ -124,7 +124,7 @@ def test_two_workers_on_postgres_lose_and_duplicate_nothing(postgres, mlflow_ser
     study = optuna.load_study(study_name="mnist_cnn", storage=f"{postgres}/optuna")
     trials = study.get_trials()
     finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
-    assert 4 <= len(finished) <= 5  # the other worker may finish the trial it had started
+    assert len(finished) == 4  # no worker starts a trial past the count
     assert sorted(t.number for t in trials) == list(range(len(trials)))
     assert len({t.user_attrs["mlflow_run_id"] for t in trials}) == len(trials)
 

@@ -48,3 +48,16 @@ def test_a_diverged_run_stops_with_floating_point_error(tmp_path: Path):
         model.net.head[-1].bias.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="train/loss became nan"):
         fit(model, data, TrainerSpec(max_epochs=3, accelerator="cpu"), tmp_path, test=False)
+
+
+def test_one_nan_step_makes_the_epoch_loss_nan():
+    """torchmetrics' default would drop the NaN step and report a finite epoch loss."""
+    from workbench.models.supervised import running_mean
+
+    mean = running_mean()
+    for value in (1.0, float("nan"), 3.0):
+        mean.update(torch.tensor(value))
+    assert torch.isnan(mean.compute())
+    mean.reset()
+    mean.update(torch.tensor([1.0, 2.0, 6.0]))
+    assert mean.compute().item() == pytest.approx(3.0)

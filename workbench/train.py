@@ -52,8 +52,9 @@ class EpochHistory(Callback):
 
     Modules log epoch metrics in their own ``on_*_epoch_end`` hooks, which Lightning runs after
     ordinary callbacks' hooks; so an epoch is recorded when the next starts, when training ends,
-    or when training is interrupted (a pruned trial raises during validation). A loss that became
-    NaN/inf stops the run with ``FloatingPointError`` instead of training on garbage.
+    or when training is interrupted (a pruned trial raises during validation). A training loss
+    (``train/loss``, or any ``train/*loss``: the GAN's two) that became NaN/inf stops the run with
+    ``FloatingPointError`` instead of training on garbage.
     """
 
     def __init__(self, on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> None:
@@ -82,9 +83,9 @@ class EpochHistory(Callback):
         if self.on_epoch is not None:
             self.on_epoch(self._epoch, metrics)
         epoch, self._epoch = self._epoch, None
-        loss = metrics.get("train/loss")
-        if loss is not None and not math.isfinite(loss):
-            raise FloatingPointError(f"train/loss became {loss} at epoch {epoch}")
+        for name, value in metrics.items():
+            if name.startswith("train/") and name.endswith("loss") and not math.isfinite(value):
+                raise FloatingPointError(f"{name} became {value} at epoch {epoch}")
 
 
 def build_datamodule(spec: ExperimentSpec) -> pl.LightningDataModule:
@@ -182,8 +183,11 @@ def fit(
     best_path = checkpoint.best_model_path
     if not best_path:
         raise RuntimeError(f"no checkpoint was written: is {monitor!r} logged by the model?")
+    best_score = float(checkpoint.best_model_score)
+    if not math.isfinite(best_score):
+        raise FloatingPointError(f"{monitor} was never finite: best value {best_score}")
     load_checkpoint_weights(model, best_path)
-    result = FitResult(best_path, float(checkpoint.best_model_score), history.rows)
+    result = FitResult(best_path, best_score, history.rows)
     if test:
         scores = _run_interruptibly(
             trainer, lambda: trainer.test(model, datamodule=data, verbose=False)

@@ -14,9 +14,8 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MeanMetric
 
-from workbench.models.supervised import adamw_with_cosine
+from workbench.models.supervised import adamw_with_cosine, running_mean
 from workbench.registry import register_model
 
 
@@ -86,7 +85,7 @@ class Autoencoder(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.net = AutoencoderNet(tuple(input_shape), width, code)
-        self.mse = nn.ModuleDict({f"{s}_mse": MeanMetric() for s in ("train", "val", "test")})
+        self.mse = nn.ModuleDict({f"{s}_mse": running_mean() for s in ("train", "val", "test")})
         self.last_batch: torch.Tensor | None = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -19,9 +19,9 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchmetrics import MeanMetric
 
 from workbench.models.mlp import mlp
+from workbench.models.supervised import running_mean
 from workbench.registry import register_model
 
 # Before the buffer is warm a step returns None on purpose: no gradient step yet.
@@ -89,10 +89,10 @@ class DQN(pl.LightningModule):
         self.rng = np.random.default_rng(self.env_seed)
         self.metrics = torch.nn.ModuleDict(
             {
-                "loss": MeanMetric(),
-                "episode_return": MeanMetric(),
-                "val_return": MeanMetric(),
-                "test_return": MeanMetric(),
+                "loss": running_mean(),
+                "episode_return": running_mean(),
+                "val_return": running_mean(),
+                "test_return": running_mean(),
             }
         )
         self.buffer: ReplayBuffer | None = None

@@ -22,9 +22,9 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MeanMetric
 
 from workbench.data.images import random_affine
+from workbench.models.supervised import running_mean
 from workbench.registry import register_model
 
 # The frozen judge stays in eval mode during training on purpose.
@@ -132,7 +132,7 @@ class GAN(pl.LightningModule):
         fixed = torch.Generator().manual_seed(1234)
         self.register_buffer("val_noise", torch.randn(n_judged, latent, generator=fixed))
         self.register_buffer("test_noise", torch.randn(n_judged, latent, generator=fixed))
-        self.losses = nn.ModuleDict({"d_loss": MeanMetric(), "g_loss": MeanMetric()})
+        self.losses = nn.ModuleDict({"d_loss": running_mean(), "g_loss": running_mean()})
 
     def forward(self, noise: torch.Tensor) -> torch.Tensor:
         return self.net(noise)

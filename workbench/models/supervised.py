@@ -24,6 +24,13 @@ from torchmetrics.classification import (
 TASKS = ("classification", "regression")
 
 
+def running_mean() -> MeanMetric:
+    """A mean over an epoch's steps (losses, returns) that lets a NaN through, so that a
+    diverged loss shows at epoch end and stops the run. torchmetrics' default drops NaNs with a
+    warning, and checks every update on the host: a device sync per step."""
+    return MeanMetric(nan_strategy="disable")
+
+
 def stage_metrics(task: str, num_classes: int, stage: str) -> torch.nn.ModuleDict:
     """Per-stage metric states, updated on the device and logged once per epoch."""
     if task == "classification":
@@ -35,7 +42,7 @@ def stage_metrics(task: str, num_classes: int, stage: str) -> torch.nn.ModuleDic
     else:
         scores = {"mse": MeanSquaredError(), "mae": MeanAbsoluteError()}
     return torch.nn.ModuleDict(
-        {"scores": MetricCollection(scores, prefix=f"{stage}/"), "loss": MeanMetric()}
+        {"scores": MetricCollection(scores, prefix=f"{stage}/"), "loss": running_mean()}
     )
 
 

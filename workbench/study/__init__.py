@@ -78,7 +78,7 @@ def run_study(
         optuna.storages.fail_stale_trials(study)
     _repair_orphan_runs(store, study, parent)
 
-    done = sum(t.state in FINISHED_STATES for t in study.get_trials(deepcopy=False))
+    done = _finished(study)
     remaining = spec.study.trials - done
     on = f" on {spec.study.workers} workers" if spec.study.workers > 1 else ""
     print(f"study {spec.name!r}: {done} trials finished, running {max(remaining, 0)} more{on}")
@@ -92,6 +92,12 @@ def run_study(
                 helper.join()
             if any(helper.exitcode != 0 for helper in helpers):
                 raise RuntimeError("a worker process failed; re-run the same command to resume")
+            # A trial counted as running elsewhere can still fail, or belong to a process that
+            # died before its heartbeat expired: what is missing is run here.
+            if spec.study.trials > _finished(study):
+                _optimize(
+                    spec, study, data, store, parent, spec.study.trials - _finished(study), False
+                )
     except KeyboardInterrupt:
         _stop_workers(helpers)
         tracking.end_run(store, parent, "KILLED", "interrupted; re-run the same command to resume")
@@ -138,18 +144,44 @@ def _open_study(spec: ExperimentSpec, worker: int = 0) -> optuna.Study:
     )
 
 
-def _optimize(spec: ExperimentSpec, study: optuna.Study, data, store, parent: str, n: int) -> None:
-    from optuna.study import MaxTrialsCallback
-
+def _optimize(
+    spec: ExperimentSpec,
+    study: optuna.Study,
+    data,
+    store,
+    parent: str,
+    n: int,
+    count_running: bool = True,
+) -> None:
     study.optimize(
         _Objective(spec, data, store, parent),
         n_trials=n,
         catch=(FloatingPointError,),  # a diverged trial is recorded FAILED; the study goes on
         gc_after_trial=True,
-        # Workers stop together once the study as a whole has its finished trials.
-        callbacks=[MaxTrialsCallback(spec.study.trials, states=FINISHED_STATES), _report_trial],
+        callbacks=[_StopAtCount(spec.study.trials, count_running), _report_trial],
         show_progress_bar=spec.study.progress_bar and spec.study.workers == 1,
     )
+
+
+class _StopAtCount:
+    """Stops this process once the study's finished trials, plus the trials other processes are
+    running when ``count_running``, reach ``target``. Counting only finished trials (Optuna's
+    ``MaxTrialsCallback``), each of N workers would start one more trial while the last ones
+    run: up to N - 1 trials past the count."""
+
+    def __init__(self, target: int, count_running: bool) -> None:
+        self.target, self.count_running = target, count_running
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        counted = FINISHED_STATES
+        if self.count_running:
+            counted = (*FINISHED_STATES, optuna.trial.TrialState.RUNNING)
+        if len(study.get_trials(deepcopy=False, states=counted)) >= self.target:
+            study.stop()
+
+
+def _finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
 
 
 def _start_worker(spec: ExperimentSpec, parent: str, index: int):
@@ -194,9 +226,8 @@ def _worker_main(raw_spec: dict, parent: str, index: int) -> None:
     store = tracking.open_store(
         spec.tracking.root, spec.tracking.experiment, spec.tracking.mlflow_uri
     )
-    done = sum(t.state in FINISHED_STATES for t in study.get_trials(deepcopy=False))
-    if spec.study.trials > done:
-        _optimize(spec, study, data, store, parent, spec.study.trials - done)
+    if spec.study.trials > _finished(study):
+        _optimize(spec, study, data, store, parent, spec.study.trials - _finished(study))
 
 
 def _stop_workers(helpers) -> None:

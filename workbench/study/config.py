@@ -117,7 +117,9 @@ def open_storage(url: str, heartbeat_s: int = 15, retries: int = 1) -> optuna.st
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat_s,
                 grace_period=4 * heartbeat_s,
-                failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=retries),
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=retries
+                ),
             )
         except Exception as exc:  # sqlalchemy's errors: bad URL, refused connection, no driver
             raise ConnectionError(

@@ -153,14 +153,43 @@ def _optimize(
     n: int,
     count_running: bool = True,
 ) -> None:
-    study.optimize(
-        _Objective(spec, data, store, parent),
-        n_trials=n,
-        catch=(FloatingPointError,),  # a diverged trial is recorded FAILED; the study goes on
-        gc_after_trial=True,
-        callbacks=[_StopAtCount(spec.study.trials, count_running), _report_trial],
-        show_progress_bar=spec.study.progress_bar and spec.study.workers == 1,
-    )
+    claim = _NextTrialClaim(Path(spec.tracking.root) / f".{spec.name}.claim.lock")
+    try:
+        study.optimize(
+            _Objective(spec, data, store, parent, claim),
+            n_trials=n,
+            catch=(FloatingPointError,),  # a diverged trial is recorded FAILED; the study goes on
+            gc_after_trial=True,
+            callbacks=[_StopAtCount(spec.study.trials, count_running, claim), _report_trial],
+            show_progress_bar=spec.study.progress_bar and spec.study.workers == 1,
+        )
+    finally:
+        claim.release()
+
+
+class _NextTrialClaim:
+    """A lock that the processes of one machine hold from deciding to start another trial until
+    that trial is RUNNING in the storage, so that two workers ending trials at the same moment
+    cannot both start one past the count. (Between machines that race remains.)"""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.fd = path, None
+
+    def acquire(self) -> None:
+        import fcntl
+
+        if self.fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        import fcntl
+
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
 
 
 class _StopAtCount:
@@ -169,14 +198,16 @@ class _StopAtCount:
     ``MaxTrialsCallback``), each of N workers would start one more trial while the last ones
     run: up to N - 1 trials past the count."""
 
-    def __init__(self, target: int, count_running: bool) -> None:
-        self.target, self.count_running = target, count_running
+    def __init__(self, target: int, count_running: bool, claim: _NextTrialClaim) -> None:
+        self.target, self.count_running, self.claim = target, count_running, claim
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         counted = FINISHED_STATES
         if self.count_running:
             counted = (*FINISHED_STATES, optuna.trial.TrialState.RUNNING)
+        self.claim.acquire()  # released by the next trial's start, or here
         if len(study.get_trials(deepcopy=False, states=counted)) >= self.target:
+            self.claim.release()
             study.stop()
 
 
@@ -251,10 +282,20 @@ def _report_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
 class _Objective:
     """One trial: sample, build, fit inside an MLflow child run, close it with the right status."""
 
-    def __init__(self, spec: ExperimentSpec, data, store: tracking.Store, parent: str) -> None:
+    def __init__(
+        self,
+        spec: ExperimentSpec,
+        data,
+        store: tracking.Store,
+        parent: str,
+        claim: _NextTrialClaim | None = None,
+    ) -> None:
         self.spec, self.data, self.store, self.parent = spec, data, store, parent
+        self.claim = claim
 
     def __call__(self, trial: optuna.Trial) -> float:
+        if self.claim is not None:
+            self.claim.release()  # this trial is RUNNING: other processes count it now
         import lightning.pytorch as pl
         from optuna_integration import PyTorchLightningPruningCallback
 

@@ -284,3 +284,10 @@ def test_a_diverged_gan_stops_with_floating_point_error(checkpoint_8x8: str, tmp
         model.discriminator.net[-1].bias.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match=r"train/d_loss became nan"):
         fit(model, data, TrainerSpec(max_epochs=3, accelerator="cpu"), tmp_path, "val/quality")
+
+
+def test_gan_discriminator_takes_extra_layers(checkpoint_8x8: str):
+    model = _build("gan", checkpoint_8x8, d_extra_layers=2)
+    convs = [m for m in model.discriminator.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [8, 16, 32, 32]  # width 8: w, 2w, then 4w each
+    assert model.discriminator(torch.rand(5, 1, 8, 8)).shape == (5,)

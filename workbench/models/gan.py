@@ -75,19 +75,30 @@ class Discriminator(nn.Module):
         width: int,
         dropout: float,
         spectral: bool = False,
+        extra_layers: int = 0,
     ) -> None:
         super().__init__()
         channels, height, width_px = input_shape
         # Spectral normalisation (Miyato et al., 2018) bounds each layer's Lipschitz constant;
         # it replaces batch norm in the discriminator when on.
         norm = nn.utils.parametrizations.spectral_norm if spectral else (lambda layer: layer)
+
+        def block(conv: nn.Conv2d) -> list[nn.Module]:
+            batch_norm = nn.Identity() if spectral else nn.BatchNorm2d(conv.out_channels)
+            return [norm(conv), batch_norm, nn.LeakyReLU(0.2), nn.Dropout(dropout)]
+
+        layers = [norm(nn.Conv2d(channels, width, 4, 2, 1)), nn.LeakyReLU(0.2), nn.Dropout(dropout)]
+        layers += block(nn.Conv2d(width, 2 * width, 4, 2, 1, bias=spectral))
+        out = 2 * width
+        for _ in range(extra_layers):  # 3×3 convolutions on the quarter-size grid
+            layers += block(nn.Conv2d(out, 4 * width, 3, 1, 1, bias=spectral))
+            out = 4 * width
         self.net = nn.Sequential(
-            norm(nn.Conv2d(channels, width, 4, 2, 1)), nn.LeakyReLU(0.2), nn.Dropout(dropout),
-            norm(nn.Conv2d(width, 2 * width, 4, 2, 1, bias=spectral)),
-            nn.Identity() if spectral else nn.BatchNorm2d(2 * width),
-            nn.LeakyReLU(0.2), nn.Dropout(dropout), MinibatchStd(), nn.Flatten(),
-            norm(nn.Linear((2 * width + 1) * (height // 4) * (width_px // 4), 1)),
-        )  # fmt: skip
+            *layers,
+            MinibatchStd(),
+            nn.Flatten(),
+            norm(nn.Linear((out + 1) * (height // 4) * (width_px // 4), 1)),
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images).squeeze(1)
@@ -110,6 +121,7 @@ class GAN(pl.LightningModule):
         augment_shift: float = 0.1,
         ema_decay: float = 0.999,
         spectral_norm: bool = False,
+        d_extra_layers: int = 0,
         n_judged: int = 1000,
     ) -> None:
         super().__init__()
@@ -124,7 +136,7 @@ class GAN(pl.LightningModule):
         # What is judged, logged and exported: an exponential moving average of the generator's
         # weights (Yazıcı et al., 2019), smoother than the weights at any one step.
         self.net = copy.deepcopy(self.generator).requires_grad_(False)
-        self.discriminator = Discriminator(shape, width, d_dropout, spectral_norm)
+        self.discriminator = Discriminator(shape, width, d_dropout, spectral_norm, d_extra_layers)
         self.judge = load_module(judge_checkpoint, "cnn").net.eval().requires_grad_(False)
         # The judge was trained on standardised pixels: their statistics are set in on_fit_start.
         self.register_buffer("pixel_mean", torch.tensor(0.0))

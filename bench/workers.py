@@ -26,7 +26,7 @@ from workbench.spec import load_spec
 from workbench.study import run_study
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-# Epochs per trial: about 7 s of training in one process for either model.
+# Epochs per trial: 5–8 s a trial in one process for either model.
 EPOCHS = {"mnist_cnn": 4, "breast_cancer_mlp": 150}
 
 

@@ -94,10 +94,9 @@ def run_study(
                 raise RuntimeError("a worker process failed; re-run the same command to resume")
             # A trial counted as running elsewhere can still fail, or belong to a process that
             # died before its heartbeat expired: what is missing is run here.
-            if spec.study.trials > _finished(study):
-                _optimize(
-                    spec, study, data, store, parent, spec.study.trials - _finished(study), False
-                )
+            missing = spec.study.trials - _finished(study)
+            if missing > 0:
+                _optimize(spec, study, data, store, parent, missing, count_running=False)
     except KeyboardInterrupt:
         _stop_workers(helpers)
         tracking.end_run(store, parent, "KILLED", "interrupted; re-run the same command to resume")
@@ -257,8 +256,9 @@ def _worker_main(raw_spec: dict, parent: str, index: int) -> None:
     store = tracking.open_store(
         spec.tracking.root, spec.tracking.experiment, spec.tracking.mlflow_uri
     )
-    if spec.study.trials > _finished(study):
-        _optimize(spec, study, data, store, parent, spec.study.trials - _finished(study))
+    missing = spec.study.trials - _finished(study)
+    if missing > 0:
+        _optimize(spec, study, data, store, parent, missing)
 
 
 def _stop_workers(helpers) -> None:

@@ -291,3 +291,5 @@ def test_gan_discriminator_takes_extra_layers(checkpoint_8x8: str):
     convs = [m for m in model.discriminator.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [8, 16, 32, 32]  # width 8: w, 2w, then 4w each
     assert model.discriminator(torch.rand(5, 1, 8, 8)).shape == (5,)
+    with pytest.raises(ValueError, match="d_extra_layers: must be 0 or more; got -1"):
+        _build("gan", checkpoint_8x8, d_extra_layers=-1)

@@ -130,6 +130,8 @@ class GAN(pl.LightningModule):
         self.save_hyperparameters()
         self.automatic_optimization = False
         shape = tuple(input_shape)
+        if d_extra_layers < 0:
+            raise ValueError(f"d_extra_layers: must be 0 or more; got {d_extra_layers}")
         if shape[1] % 4 or shape[2] % 4:
             raise ValueError(f"input_shape: height and width must be multiples of 4; got {shape}")
         self.generator = Generator(shape, latent, width)  # trained by its optimiser

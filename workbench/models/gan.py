@@ -56,6 +56,20 @@ class Generator(nn.Module):
         return self.upsample(self.project(noise).view(-1, *self.grid))
 
 
+def cutout(images: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Blanks one random square of side ``ratio`` × the image's in every image (DiffAugment's
+    cutout); differentiable, since it only multiplies by a mask."""
+    n, _, height, width = images.shape
+    half_h, half_w = ratio * height / 2, ratio * width / 2
+    centre = torch.rand(n, 2, 1, 1, device=images.device)
+    rows = torch.arange(height, device=images.device).view(1, height, 1) + 0.5
+    cols = torch.arange(width, device=images.device).view(1, 1, width) + 0.5
+    inside = ((rows - centre[:, 0] * height).abs() < half_h) & (
+        (cols - centre[:, 1] * width).abs() < half_w
+    )
+    return images * (~inside).unsqueeze(1).to(images.dtype)
+
+
 class MinibatchStd(nn.Module):
     """Appends the batch's mean feature standard deviation as one more channel (Karras et al.,
     2018): a generator that makes the same image again and again is then easy to tell apart."""
@@ -119,9 +133,11 @@ class GAN(pl.LightningModule):
         label_smoothing: float = 0.1,
         d_dropout: float = 0.3,
         augment_shift: float = 0.1,
+        augment_cutout: float = 0.0,
         ema_decay: float = 0.999,
         spectral_norm: bool = False,
         d_extra_layers: int = 0,
+        lr_decay_start: float = 1.0,
         n_judged: int = 1000,
     ) -> None:
         super().__init__()
@@ -132,6 +148,10 @@ class GAN(pl.LightningModule):
         shape = tuple(input_shape)
         if d_extra_layers < 0:
             raise ValueError(f"d_extra_layers: must be 0 or more; got {d_extra_layers}")
+        if not 0.0 <= lr_decay_start <= 1.0:
+            raise ValueError(f"lr_decay_start: must be within [0, 1]; got {lr_decay_start}")
+        if not 0.0 <= augment_cutout < 1.0:
+            raise ValueError(f"augment_cutout: must be within [0, 1); got {augment_cutout}")
         if shape[1] % 4 or shape[2] % 4:
             raise ValueError(f"input_shape: height and width must be multiples of 4; got {shape}")
         self.generator = Generator(shape, latent, width)  # trained by its optimiser
@@ -166,10 +186,11 @@ class GAN(pl.LightningModule):
         """Differentiable random shifts of every image the discriminator sees, real or fake
         (DiffAugment, Zhao et al. 2020): it cannot memorise 4,500 digits, and the generator's
         gradients pass through the same transform."""
-        shift = self.hparams.augment_shift
-        if shift <= 0:
-            return images
-        return random_affine(images, max_degrees=0.0, max_shift=shift)
+        if self.hparams.augment_shift > 0:
+            images = random_affine(images, max_degrees=0.0, max_shift=self.hparams.augment_shift)
+        if self.hparams.augment_cutout > 0:
+            images = cutout(images, self.hparams.augment_cutout)
+        return images
 
     def training_step(self, batch, batch_idx):
         real, _ = batch
@@ -209,6 +230,8 @@ class GAN(pl.LightningModule):
         self.log_dict({f"train/{k}": m.compute() for k, m in self.losses.items()})
         for metric in self.losses.values():
             metric.reset()
+        for scheduler in self.lr_schedulers():
+            scheduler.step()
 
     @torch.no_grad()
     def judge_samples(self, noise: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -242,10 +265,20 @@ class GAN(pl.LightningModule):
 
     def configure_optimizers(self):
         betas = (self.hparams.beta1, 0.999)
-        return [
+        optimizers = [
             torch.optim.Adam(self.discriminator.parameters(), lr=self.hparams.lr, betas=betas),
             torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr, betas=betas),
         ]
+        # Both learning rates stay constant for the first lr_decay_start of the epochs, then fall
+        # linearly towards zero by the last epoch (stepped at the end of each epoch).
+        epochs = max(1, int(self.trainer.max_epochs or 1)) if self._trainer is not None else 1
+        start = self.hparams.lr_decay_start * epochs
+
+        def factor(epoch: int) -> float:
+            return 1.0 if epoch < start else max(0.0, (epochs - epoch) / (epochs - start + 1))
+
+        schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in optimizers]
+        return optimizers, schedulers
 
     def epoch_figures(self) -> dict:
         """64 samples from the first fixed noise vectors: the same points every epoch."""

@@ -293,3 +293,46 @@ def test_gan_discriminator_takes_extra_layers(checkpoint_8x8: str):
     assert model.discriminator(torch.rand(5, 1, 8, 8)).shape == (5,)
     with pytest.raises(ValueError, match="d_extra_layers: must be 0 or more; got -1"):
         _build("gan", checkpoint_8x8, d_extra_layers=-1)
+
+
+def test_gan_learning_rates_decay_linearly_after_the_set_share_of_epochs(
+    checkpoint_8x8: str, tmp_path: Path
+):
+    from workbench.registry import build_data
+    from workbench.spec import TrainerSpec
+    from workbench.train import fit
+
+    class Rates(pl.Callback):
+        def __init__(self) -> None:
+            self.seen: list[tuple[float, float]] = []
+
+        def on_train_epoch_start(self, trainer, module) -> None:
+            self.seen.append(tuple(o.param_groups[0]["lr"] for o in trainer.optimizers))
+
+    rates = Rates()
+    data = build_data("digits", seed=0, batch_size=256, normalize=False)
+    model = _build("gan", checkpoint_8x8, lr=3e-4, lr_decay_start=0.5)
+    spec = TrainerSpec(max_epochs=4, patience=10, accelerator="cpu")
+    fit(model, data, spec, tmp_path, "val/quality", callbacks=[rates])
+    # 4 epochs, decay from epoch 2: factors 1, 1, then (4 - e) / (4 - 2 + 1) = 2/3, 1/3.
+    expected = [3e-4, 3e-4, 2e-4, 1e-4]
+    assert [d for d, _ in rates.seen] == pytest.approx(expected)
+    assert [g for _, g in rates.seen] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="lr_decay_start: must be within"):
+        _build("gan", checkpoint_8x8, lr_decay_start=1.5)
+
+
+def test_gan_cutout_blanks_one_square_and_passes_gradients():
+    from workbench.models.gan import cutout
+
+    torch.manual_seed(0)
+    images = torch.ones(6, 1, 8, 8, requires_grad=True)
+    out = cutout(images, 0.5)
+    blank = out.detach() == 0
+    for mask in blank[:, 0]:
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        assert 1 <= len(rows) <= 4 and 1 <= len(cols) <= 4  # a square of side 4, maybe clipped
+        assert int(mask.sum()) == len(rows) * len(cols)  # one rectangle, nothing else
+        assert (rows.diff() == 1).all() and (cols.diff() == 1).all()
+    out.sum().backward()
+    assert torch.equal(images.grad, (~blank).float())

@@ -295,6 +295,15 @@ def test_gan_discriminator_takes_extra_layers(checkpoint_8x8: str):
         _build("gan", checkpoint_8x8, d_extra_layers=-1)
 
 
+def test_gan_generator_takes_extra_layers(checkpoint_8x8: str):
+    model = _build("gan", checkpoint_8x8, g_extra_layers=2)
+    convs = [m for m in model.generator.modules() if type(m) is torch.nn.Conv2d]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(32, 32), (32, 32)]  # 4 × width 8
+    assert model(_inputs("gan", 5)).shape == (5, 1, 8, 8)
+    with pytest.raises(ValueError, match="g_extra_layers: must be 0 or more; got -1"):
+        _build("gan", checkpoint_8x8, g_extra_layers=-1)
+
+
 def test_gan_learning_rates_decay_linearly_after_the_set_share_of_epochs(
     checkpoint_8x8: str, tmp_path: Path
 ):

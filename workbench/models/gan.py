@@ -37,7 +37,9 @@ class Generator(nn.Module):
     As in the DCGAN of the TensorFlow tutorial: a projection to 4·width channels on a quarter-size
     grid, a stride-1 transposed convolution, then two stride-2 ones up to full size."""
 
-    def __init__(self, input_shape: tuple[int, int, int], latent: int, width: int) -> None:
+    def __init__(
+        self, input_shape: tuple[int, int, int], latent: int, width: int, extra_layers: int = 0
+    ) -> None:
         super().__init__()
         channels, height, width_px = input_shape
         self.grid = (4 * width, height // 4, width_px // 4)
@@ -45,7 +47,12 @@ class Generator(nn.Module):
             nn.Linear(latent, 4 * width * self.grid[1] * self.grid[2], bias=False),
             nn.BatchNorm1d(4 * width * self.grid[1] * self.grid[2]), nn.ReLU(),
         )  # fmt: skip
+        extra: list[nn.Module] = []
+        for _ in range(extra_layers):  # 3×3 convolutions on the quarter-size grid
+            extra += [nn.Conv2d(4 * width, 4 * width, 3, 1, 1, bias=False),
+                      nn.BatchNorm2d(4 * width), nn.ReLU()]  # fmt: skip
         self.upsample = nn.Sequential(
+            *extra,
             nn.ConvTranspose2d(4 * width, 2 * width, 3, 1, 1, bias=False),
             nn.BatchNorm2d(2 * width), nn.ReLU(),
             nn.ConvTranspose2d(2 * width, width, 4, 2, 1, bias=False), nn.BatchNorm2d(width),
@@ -137,6 +144,7 @@ class GAN(pl.LightningModule):
         ema_decay: float = 0.999,
         spectral_norm: bool = False,
         d_extra_layers: int = 0,
+        g_extra_layers: int = 0,
         lr_decay_start: float = 1.0,
         n_judged: int = 1000,
     ) -> None:
@@ -146,15 +154,19 @@ class GAN(pl.LightningModule):
         self.save_hyperparameters()
         self.automatic_optimization = False
         shape = tuple(input_shape)
-        if d_extra_layers < 0:
-            raise ValueError(f"d_extra_layers: must be 0 or more; got {d_extra_layers}")
+        for field, value in (
+            ("d_extra_layers", d_extra_layers),
+            ("g_extra_layers", g_extra_layers),
+        ):
+            if value < 0:
+                raise ValueError(f"{field}: must be 0 or more; got {value}")
         if not 0.0 <= lr_decay_start <= 1.0:
             raise ValueError(f"lr_decay_start: must be within [0, 1]; got {lr_decay_start}")
         if not 0.0 <= augment_cutout < 1.0:
             raise ValueError(f"augment_cutout: must be within [0, 1); got {augment_cutout}")
         if shape[1] % 4 or shape[2] % 4:
             raise ValueError(f"input_shape: height and width must be multiples of 4; got {shape}")
-        self.generator = Generator(shape, latent, width)  # trained by its optimiser
+        self.generator = Generator(shape, latent, width, g_extra_layers)  # trained by its optimiser
         # What is judged, logged and exported: an exponential moving average of the generator's
         # weights (Yazıcı et al., 2019), smoother than the weights at any one step.
         self.net = copy.deepcopy(self.generator).requires_grad_(False)

@@ -222,3 +222,26 @@ def test_a_worker_killed_mid_trial_is_resumed_to_completion(tmp_path: Path):
     assert not [r for r in runs if r.info.status == "RUNNING"]
     killed = [r for r in runs if r.data.tags.get("workbench.trial") == "1"]
     assert [r.info.status for r in killed] == ["FAILED"]
+
+
+def test_a_late_worker_counts_the_trials_running_elsewhere(tmp_path: Path):
+    """A worker that boots after the others (a slow spawn on a loaded machine) finds 3 trials
+    finished and the last one running elsewhere: it must not start a fifth."""
+    from workbench.spec import load_spec
+    from workbench.study import _open_study, _optimize
+
+    spec = load_spec(SPEC, [*tiny(tmp_path / "mlruns"), "study.trials=4"])
+    study = _open_study(spec)
+    for value in (0.5, 0.6, 0.7):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"lr": 1e-3},
+                distributions={"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2)},
+                value=value,
+            )
+        )
+    study.ask()  # the fourth trial, RUNNING in another process
+    # With nothing left to start, the worker never needs its data, store or parent run.
+    _optimize(spec, study, data=None, store=None, parent=None, n=1)
+    states = [t.state.name for t in study.get_trials()]
+    assert states == ["COMPLETE", "COMPLETE", "COMPLETE", "RUNNING"]

@@ -153,13 +153,18 @@ def _optimize(
     count_running: bool = True,
 ) -> None:
     claim = _NextTrialClaim(Path(spec.tracking.root) / f".{spec.name}.claim.lock")
+    stop_at_count = _StopAtCount(spec.study.trials, count_running, claim)
     try:
+        # The first trial is counted like every later one: a worker that starts late (a slow
+        # spawn on a loaded machine) must see the trials already running elsewhere.
+        if stop_at_count.reached(study):
+            return
         study.optimize(
             _Objective(spec, data, store, parent, claim),
             n_trials=n,
             catch=(FloatingPointError,),  # a diverged trial is recorded FAILED; the study goes on
             gc_after_trial=True,
-            callbacks=[_StopAtCount(spec.study.trials, count_running, claim), _report_trial],
+            callbacks=[stop_at_count, _report_trial],
             show_progress_bar=spec.study.progress_bar and spec.study.workers == 1,
         )
     finally:
@@ -200,13 +205,20 @@ class _StopAtCount:
     def __init__(self, target: int, count_running: bool, claim: _NextTrialClaim) -> None:
         self.target, self.count_running, self.claim = target, count_running, claim
 
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    def reached(self, study: optuna.Study) -> bool:
+        """Whether the count is reached; if not, this process holds the claim until its next
+        trial is RUNNING (the objective releases it)."""
         counted = FINISHED_STATES
         if self.count_running:
             counted = (*FINISHED_STATES, optuna.trial.TrialState.RUNNING)
-        self.claim.acquire()  # released by the next trial's start, or here
+        self.claim.acquire()
         if len(study.get_trials(deepcopy=False, states=counted)) >= self.target:
             self.claim.release()
+            return True
+        return False
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self.reached(study):
             study.stop()
 
 

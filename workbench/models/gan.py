@@ -37,9 +37,7 @@ class Generator(nn.Module):
     As in the DCGAN of the TensorFlow tutorial: a projection to 4·width channels on a quarter-size
     grid, a stride-1 transposed convolution, then two stride-2 ones up to full size."""
 
-    def __init__(
-        self, input_shape: tuple[int, int, int], latent: int, width: int, extra_layers: int = 0
-    ) -> None:
+    def __init__(self, input_shape: tuple[int, int, int], latent: int, width: int) -> None:
         super().__init__()
         channels, height, width_px = input_shape
         self.grid = (4 * width, height // 4, width_px // 4)
@@ -47,12 +45,7 @@ class Generator(nn.Module):
             nn.Linear(latent, 4 * width * self.grid[1] * self.grid[2], bias=False),
             nn.BatchNorm1d(4 * width * self.grid[1] * self.grid[2]), nn.ReLU(),
         )  # fmt: skip
-        extra: list[nn.Module] = []
-        for _ in range(extra_layers):  # 3×3 convolutions on the quarter-size grid
-            extra += [nn.Conv2d(4 * width, 4 * width, 3, 1, 1, bias=False),
-                      nn.BatchNorm2d(4 * width), nn.ReLU()]  # fmt: skip
         self.upsample = nn.Sequential(
-            *extra,
             nn.ConvTranspose2d(4 * width, 2 * width, 3, 1, 1, bias=False),
             nn.BatchNorm2d(2 * width), nn.ReLU(),
             nn.ConvTranspose2d(2 * width, width, 4, 2, 1, bias=False), nn.BatchNorm2d(width),
@@ -61,20 +54,6 @@ class Generator(nn.Module):
 
     def forward(self, noise: torch.Tensor) -> torch.Tensor:
         return self.upsample(self.project(noise).view(-1, *self.grid))
-
-
-def cutout(images: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Blanks one random square of side ``ratio`` × the image's in every image (DiffAugment's
-    cutout); differentiable, since it only multiplies by a mask."""
-    n, _, height, width = images.shape
-    half_h, half_w = ratio * height / 2, ratio * width / 2
-    centre = torch.rand(n, 2, 1, 1, device=images.device)
-    rows = torch.arange(height, device=images.device).view(1, height, 1) + 0.5
-    cols = torch.arange(width, device=images.device).view(1, 1, width) + 0.5
-    inside = ((rows - centre[:, 0] * height).abs() < half_h) & (
-        (cols - centre[:, 1] * width).abs() < half_w
-    )
-    return images * (~inside).unsqueeze(1).to(images.dtype)
 
 
 class MinibatchStd(nn.Module):
@@ -140,12 +119,9 @@ class GAN(pl.LightningModule):
         label_smoothing: float = 0.1,
         d_dropout: float = 0.3,
         augment_shift: float = 0.1,
-        augment_cutout: float = 0.0,
         ema_decay: float = 0.999,
         spectral_norm: bool = False,
         d_extra_layers: int = 0,
-        g_extra_layers: int = 0,
-        lr_decay_start: float = 1.0,
         n_judged: int = 1000,
     ) -> None:
         super().__init__()
@@ -154,19 +130,11 @@ class GAN(pl.LightningModule):
         self.save_hyperparameters()
         self.automatic_optimization = False
         shape = tuple(input_shape)
-        for field, value in (
-            ("d_extra_layers", d_extra_layers),
-            ("g_extra_layers", g_extra_layers),
-        ):
-            if value < 0:
-                raise ValueError(f"{field}: must be 0 or more; got {value}")
-        if not 0.0 <= lr_decay_start <= 1.0:
-            raise ValueError(f"lr_decay_start: must be within [0, 1]; got {lr_decay_start}")
-        if not 0.0 <= augment_cutout < 1.0:
-            raise ValueError(f"augment_cutout: must be within [0, 1); got {augment_cutout}")
+        if d_extra_layers < 0:
+            raise ValueError(f"d_extra_layers: must be 0 or more; got {d_extra_layers}")
         if shape[1] % 4 or shape[2] % 4:
             raise ValueError(f"input_shape: height and width must be multiples of 4; got {shape}")
-        self.generator = Generator(shape, latent, width, g_extra_layers)  # trained by its optimiser
+        self.generator = Generator(shape, latent, width)  # trained by its optimiser
         # What is judged, logged and exported: an exponential moving average of the generator's
         # weights (Yazıcı et al., 2019), smoother than the weights at any one step.
         self.net = copy.deepcopy(self.generator).requires_grad_(False)
@@ -198,11 +166,10 @@ class GAN(pl.LightningModule):
         """Differentiable random shifts of every image the discriminator sees, real or fake
         (DiffAugment, Zhao et al. 2020): it cannot memorise 4,500 digits, and the generator's
         gradients pass through the same transform."""
-        if self.hparams.augment_shift > 0:
-            images = random_affine(images, max_degrees=0.0, max_shift=self.hparams.augment_shift)
-        if self.hparams.augment_cutout > 0:
-            images = cutout(images, self.hparams.augment_cutout)
-        return images
+        shift = self.hparams.augment_shift
+        if shift <= 0:
+            return images
+        return random_affine(images, max_degrees=0.0, max_shift=shift)
 
     def training_step(self, batch, batch_idx):
         real, _ = batch
@@ -242,8 +209,6 @@ class GAN(pl.LightningModule):
         self.log_dict({f"train/{k}": m.compute() for k, m in self.losses.items()})
         for metric in self.losses.values():
             metric.reset()
-        for scheduler in self.lr_schedulers():
-            scheduler.step()
 
     @torch.no_grad()
     def judge_samples(self, noise: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -277,20 +242,10 @@ class GAN(pl.LightningModule):
 
     def configure_optimizers(self):
         betas = (self.hparams.beta1, 0.999)
-        optimizers = [
+        return [
             torch.optim.Adam(self.discriminator.parameters(), lr=self.hparams.lr, betas=betas),
             torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr, betas=betas),
         ]
-        # Both learning rates stay constant for the first lr_decay_start of the epochs, then fall
-        # linearly towards zero by the last epoch (stepped at the end of each epoch).
-        epochs = max(1, int(self.trainer.max_epochs or 1)) if self._trainer is not None else 1
-        start = self.hparams.lr_decay_start * epochs
-
-        def factor(epoch: int) -> float:
-            return 1.0 if epoch < start else max(0.0, (epochs - epoch) / (epochs - start + 1))
-
-        schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in optimizers]
-        return optimizers, schedulers
 
     def epoch_figures(self) -> dict:
         """64 samples from the first fixed noise vectors: the same points every epoch."""

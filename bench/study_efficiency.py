@@ -7,11 +7,8 @@ number of training epochs (and the wall time) spent until any trial first report
 validation accuracy, counting trials in the order they ran. Prints the per-seed table and the
 median ratio TPE+Hyperband / random.
 
-``--sampler-sees bracket`` gives TPE Optuna's own view under Hyperband (only the trials of the
-current trial's bracket) instead of the workbench's default (every trial).
-
     python bench/study_efficiency.py [--seeds 0 1 2 3 4] [--targets 0.97 0.975] [--trials 12]
-                                     [--epochs 10] [--sampler-sees all|bracket]
+                                     [--epochs 10]
 """
 
 from __future__ import annotations
@@ -39,7 +36,7 @@ METHODS = {
         "study.sampler=tpe",
         "study.sampler_options={n_startup_trials: 4}",
         "study.pruner=hyperband",
-        "study.pruner_options={sampler_sees: SAMPLER_SEES}",
+        "study.pruner_options={}",
     ],
     "random, no pruning": [
         "study.sampler=random",
@@ -72,7 +69,6 @@ def main() -> None:
     parser.add_argument("--targets", type=float, nargs="+", default=[0.97, 0.975])
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--sampler-sees", choices=["all", "bracket"], default="all")
     args = parser.parse_args()
     raw = yaml.safe_load(SPEC.read_text())
     raw["search_space"] = WIDE_SPACE
@@ -90,20 +86,12 @@ def main() -> None:
                         "trainer.patience=3",
                         "explain.enabled=false",
                         "study.progress_bar=false",
-                        *(
-                            o.replace("SAMPLER_SEED", str(1000 + seed)).replace(
-                                "SAMPLER_SEES", args.sampler_sees
-                            )
-                            for o in overrides
-                        ),
+                        *(o.replace("SAMPLER_SEED", str(1000 + seed)) for o in overrides),
                     ],
                 )
                 studies[seed, method] = run_study(spec, trials=args.trials).load_study()
 
-    print(
-        f"\nup to {args.trials} trials x {args.epochs} epochs per study; "
-        f"under Hyperband, TPE sees the trials of: {args.sampler_sees}"
-    )
+    print(f"\nup to {args.trials} trials x {args.epochs} epochs per study")
     for target in args.targets:
         print(f"\ntarget val/acc >= {target}")
         print(f"{'seed':>4s} {'method':20s} {'epochs to target':>17s} {'seconds':>8s} {'best':>7s}")

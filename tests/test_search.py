@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -132,69 +131,3 @@ def test_sampler_seed_option_and_worker_offsets(sampler: str):
     assert _first_params(seeded, worker=1) != _first_params(seeded)  # workers draw differently
     with pytest.raises(SpecError, match="study.sampler_options.seed: must be an integer"):
         _first_params([*base, "study.sampler_options={seed: abc}"])
-
-
-class _CountingSampler(optuna.samplers.RandomSampler):
-    """Random search that records how many finished trials each proposal was shown."""
-
-    def __init__(self) -> None:
-        super().__init__(seed=0)
-        self.seen: list[int] = []
-
-    def sample_independent(self, study, trial, name, distribution):
-        self.seen.append(
-            len(
-                study.get_trials(
-                    states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-                )
-            )
-        )
-        return super().sample_independent(study, trial, name, distribution)
-
-
-def _hyperband_history(pruner) -> tuple[list[bool], list[int]]:
-    """12 trials of a made-up learning curve (value = x · step): which were pruned, and how many
-    finished trials the sampler saw before each proposal."""
-    sampler = _CountingSampler()
-    study = optuna.create_study(
-        study_name="brackets", direction="maximize", sampler=sampler, pruner=pruner
-    )
-    pruned = []
-    for _ in range(12):
-        trial = study.ask()
-        x = trial.suggest_float("x", 0.0, 1.0)
-        for step in range(1, 10):
-            trial.report(x * step, step)
-            if trial.should_prune():
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                pruned.append(True)
-                break
-        else:
-            study.tell(trial, x * 9)
-            pruned.append(False)
-    return pruned, sampler.seen
-
-
-def test_hyperband_prunes_as_optuna_does_and_shows_the_sampler_every_trial():
-    from workbench.study.config import hyperband
-
-    options = {"min_resource": 1, "max_resource": 9, "reduction_factor": 3}
-    ours_pruned, ours_seen = _hyperband_history(hyperband(**options))
-    optuna_pruned, optuna_seen = _hyperband_history(optuna.pruners.HyperbandPruner(**options))
-    # The same draws (same sampler seed, same bracket of each trial) get the same decisions...
-    assert ours_pruned == optuna_pruned and any(ours_pruned) and not all(ours_pruned)
-    # ...but the sampler learns from every earlier trial, not only those of the trial's bracket.
-    assert ours_seen == list(range(12))
-    assert optuna_seen[-1] < 11
-    kept = _hyperband_history(hyperband(sampler_sees="bracket", **options))
-    assert kept == (optuna_pruned, optuna_seen)
-
-
-def test_hyperband_view_option_is_checked(tmp_path: Path):
-    override = "study.pruner_options={sampler_sees: everyone}"
-    with pytest.raises(SpecError, match="study.pruner_options: sampler_sees"):
-        run_study(
-            SPEC,
-            trials=1,
-            overrides=[*tiny(tmp_path / "mlruns"), "study.pruner=hyperband", override],
-        )

@@ -74,7 +74,9 @@ def make_pruner(spec: ExperimentSpec) -> optuna.pruners.BasePruner:
         ),
         "percentile": lambda: optuna.pruners.PercentilePruner(**{"percentile": 25.0, **options}),
         "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(**options),
-        "hyperband": lambda: hyperband(**{"min_resource": 1, "max_resource": epochs, **options}),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(
+            **{"min_resource": 1, "max_resource": epochs, **options}
+        ),
         "threshold": lambda: optuna.pruners.ThresholdPruner(**options),
         "none": lambda: optuna.pruners.NopPruner(**options),
     }
@@ -85,33 +87,6 @@ def make_pruner(spec: ExperimentSpec) -> optuna.pruners.BasePruner:
         return factories[name]()
     except (TypeError, ValueError) as exc:
         raise SpecError(f"study.pruner_options: {exc}") from exc
-
-
-class _SharedHistoryHyperband(optuna.pruners.BasePruner):
-    """Optuna's Hyperband, pruning exactly as it does, whose trials the sampler sees all at once.
-
-    Optuna hands the sampler only the trials of the current trial's bracket when the study's pruner
-    is a ``HyperbandPruner`` (``optuna.pruners._filter_study``), so with 3 brackets TPE needs
-    3 × its start-up trials before it models anything: in a study of a dozen trials it never does,
-    and "TPE + Hyperband" is random search with pruning (Optuna's documentation warns of this).
-    Wrapped, the pruner still runs successive halving bracket by bracket, and TPE learns from
-    every trial (trials pruned earlier rank as worse, as for any pruner)."""
-
-    def __init__(self, **options: Any) -> None:
-        self.hyperband = optuna.pruners.HyperbandPruner(**options)
-
-    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
-        return self.hyperband.prune(study, trial)
-
-
-def hyperband(sampler_sees: str = "all", **options: Any) -> optuna.pruners.BasePruner:
-    """Hyperband; ``sampler_sees: bracket`` keeps Optuna's own view (the sampler sees only the
-    current bracket's trials), ``all`` (the default) lets it learn from every trial."""
-    if sampler_sees == "bracket":
-        return optuna.pruners.HyperbandPruner(**options)
-    if sampler_sees != "all":
-        raise ValueError(f"sampler_sees must be 'all' or 'bracket'; got {sampler_sees!r}")
-    return _SharedHistoryHyperband(**options)
 
 
 def storage_url(spec: ExperimentSpec) -> str:

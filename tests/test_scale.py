@@ -235,8 +235,8 @@ def test_a_late_worker_counts_the_trials_running_elsewhere(tmp_path: Path):
     for value in (0.5, 0.6, 0.7):
         study.add_trial(
             optuna.trial.create_trial(
-                params={"lr": 1e-3},
-                distributions={"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2)},
+                params={"lr": 1e-3},  # the spec's own range, as a worker's trials would have
+                distributions={"lr": optuna.distributions.FloatDistribution(3e-4, 3e-3, log=True)},
                 value=value,
             )
         )

@@ -31,7 +31,10 @@ EXPECTED = {
     "cartpole_dqn": {"test/return": (8.0, 500.0)},  # CartPole episodes last 8 to 500 steps
     "mnist_distill": {"test/acc": (0.0, 1.0)},
 }
-FIGURES = {"mnist_autoencoder": "plots/reconstructions", "mnist_gan": "plots/samples"}
+FIGURES = {
+    "mnist_autoencoder": ["plots/reconstructions"],
+    "mnist_gan": ["plots/samples", "plots/codes"],  # codes: one row per InfoGAN category
+}
 
 
 def test_every_experiment_is_covered():
@@ -72,9 +75,9 @@ def test_experiment_runs_through_the_study_path(name: str, tmp_path: Path, teach
         logged = {f.path for f in client.list_artifacts(result.best_run_id, "explain")}
         assert {"explain/shap.png", "explain/lime.png", "explain/trust.json"} <= logged
         assert "explain/agreement/spearman" in client.get_run(result.best_run_id).data.metrics
-    if name in FIGURES:
-        drawn = [f.path for f in client.list_artifacts(result.best_run_id, FIGURES[name])]
-        assert drawn and all(p.endswith(".png") for p in drawn)
+    for folder in FIGURES.get(name, []):
+        drawn = [f.path for f in client.list_artifacts(result.best_run_id, folder)]
+        assert drawn and all(p.endswith(".png") for p in drawn), folder
 
     # The registered MLflow model and the checkpoint compute the same function.
     network = tracking.load_model(f"models:/{result.registered_model}@champion")

@@ -11,6 +11,11 @@ generator collapse onto a few modes?). A minibatch-standard-deviation feature in
 discriminator works against that collapse; dropout and differentiable shifts of every image the
 discriminator sees (DiffAugment) keep it from memorising a small training set. What is judged and
 exported is a moving average of the generator's weights.
+
+With ``info_codes: k`` it is an InfoGAN (Chen et al., 2016): the first k noise dimensions become
+a categorical code (their argmax, one-hot), and a head on the discriminator's features is trained
+with both networks to recover the code from the image. The generator must then make k kinds of
+image that can be told apart; on MNIST those become the digits, drawn more distinctly.
 """
 
 from __future__ import annotations
@@ -35,10 +40,17 @@ class Generator(nn.Module):
     """(N, latent) noise → (N, C, H, W) images in [0, 1]; H and W multiples of 4.
 
     As in the DCGAN of the TensorFlow tutorial: a projection to 4·width channels on a quarter-size
-    grid, a stride-1 transposed convolution, then two stride-2 ones up to full size."""
+    grid, a stride-1 transposed convolution, then two stride-2 ones up to full size.
 
-    def __init__(self, input_shape: tuple[int, int, int], latent: int, width: int) -> None:
+    With ``codes`` > 0 the first ``codes`` noise entries are replaced by the one-hot of their
+    argmax: a category drawn uniformly (the argmax of i.i.d. normals is uniform), so plain
+    Gaussian noise still samples every category and callers need not know about the codes."""
+
+    def __init__(
+        self, input_shape: tuple[int, int, int], latent: int, width: int, codes: int = 0
+    ) -> None:
         super().__init__()
+        self.codes = codes
         channels, height, width_px = input_shape
         self.grid = (4 * width, height // 4, width_px // 4)
         self.project = nn.Sequential(
@@ -53,6 +65,9 @@ class Generator(nn.Module):
         )  # fmt: skip
 
     def forward(self, noise: torch.Tensor) -> torch.Tensor:
+        if self.codes:
+            code = F.one_hot(noise[:, : self.codes].argmax(1), self.codes).to(noise.dtype)
+            noise = torch.cat([code, noise[:, self.codes :]], 1)
         return self.upsample(self.project(noise).view(-1, *self.grid))
 
 
@@ -76,6 +91,7 @@ class Discriminator(nn.Module):
         dropout: float,
         spectral: bool = False,
         extra_layers: int = 0,
+        codes: int = 0,
     ) -> None:
         super().__init__()
         channels, height, width_px = input_shape
@@ -99,9 +115,16 @@ class Discriminator(nn.Module):
             nn.Flatten(),
             norm(nn.Linear((out + 1) * (height // 4) * (width_px // 4), 1)),
         )
+        # InfoGAN's Q head: the generator's categorical code, from the same features.
+        self.code_head = nn.Linear(self.net[-1].in_features, codes) if codes else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images).squeeze(1)
+
+    def with_codes(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N,) logits of "real" and (N, codes) logits of the code, from one pass."""
+        features = self.net[:-1](images)
+        return self.net[-1](features).squeeze(1), self.code_head(features)
 
 
 @register_model("gan")
@@ -122,6 +145,8 @@ class GAN(pl.LightningModule):
         ema_decay: float = 0.999,
         spectral_norm: bool = False,
         d_extra_layers: int = 0,
+        info_codes: int = 0,
+        info_weight: float = 1.0,
         n_judged: int = 1000,
     ) -> None:
         super().__init__()
@@ -132,13 +157,20 @@ class GAN(pl.LightningModule):
         shape = tuple(input_shape)
         if d_extra_layers < 0:
             raise ValueError(f"d_extra_layers: must be 0 or more; got {d_extra_layers}")
+        if info_codes == 1 or not 0 <= info_codes < latent:
+            raise ValueError(
+                f"info_codes: must be 0 (off) or from 2 to latent - 1 = {latent - 1}; "
+                f"got {info_codes}"
+            )
         if shape[1] % 4 or shape[2] % 4:
             raise ValueError(f"input_shape: height and width must be multiples of 4; got {shape}")
-        self.generator = Generator(shape, latent, width)  # trained by its optimiser
+        self.generator = Generator(shape, latent, width, info_codes)  # trained by its optimiser
         # What is judged, logged and exported: an exponential moving average of the generator's
         # weights (Yazıcı et al., 2019), smoother than the weights at any one step.
         self.net = copy.deepcopy(self.generator).requires_grad_(False)
-        self.discriminator = Discriminator(shape, width, d_dropout, spectral_norm, d_extra_layers)
+        self.discriminator = Discriminator(
+            shape, width, d_dropout, spectral_norm, d_extra_layers, info_codes
+        )
         self.judge = load_module(judge_checkpoint, "cnn").net.eval().requires_grad_(False)
         # The judge was trained on standardised pixels: their statistics are set in on_fit_start.
         self.register_buffer("pixel_mean", torch.tensor(0.0))
@@ -146,7 +178,8 @@ class GAN(pl.LightningModule):
         fixed = torch.Generator().manual_seed(1234)
         self.register_buffer("val_noise", torch.randn(n_judged, latent, generator=fixed))
         self.register_buffer("test_noise", torch.randn(n_judged, latent, generator=fixed))
-        self.losses = nn.ModuleDict({"d_loss": running_mean(), "g_loss": running_mean()})
+        losses = ["d_loss", "g_loss"] + (["info_loss"] if info_codes else [])
+        self.losses = nn.ModuleDict({name: running_mean() for name in losses})
 
     def forward(self, noise: torch.Tensor) -> torch.Tensor:
         return self.net(noise)
@@ -176,26 +209,40 @@ class GAN(pl.LightningModule):
         d_opt, g_opt = self.optimizers()
         noise = torch.randn(len(real), self.hparams.latent, device=real.device)
         fake = self.generator(noise)
+        codes = self.hparams.info_codes
+        code = noise[:, :codes].argmax(1) if codes else None
 
         # Discriminator: real → 1 (smoothed, Salimans et al. 2016), fake → 0.
         real_logits = self.discriminator(self.augment(real))
-        fake_logits = self.discriminator(self.augment(fake.detach()))
+        fake_logits, d_info = self._judge_fakes(self.augment(fake.detach()), code)
         d_loss = F.binary_cross_entropy_with_logits(
             real_logits, torch.full_like(real_logits, 1.0 - self.hparams.label_smoothing)
         ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+        d_loss = d_loss + self.hparams.info_weight * d_info
         d_opt.zero_grad()
         self.manual_backward(d_loss)
         d_opt.step()
 
         # Generator: make the discriminator call the fakes real (non-saturating loss).
-        fooled = self.discriminator(self.augment(fake))
+        fooled, g_info = self._judge_fakes(self.augment(fake), code)
         g_loss = F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
+        g_loss = g_loss + self.hparams.info_weight * g_info
         g_opt.zero_grad()
         self.manual_backward(g_loss)
         g_opt.step()
         self._update_average()
         self.losses["d_loss"].update(d_loss.detach())
         self.losses["g_loss"].update(g_loss.detach())
+        if codes:
+            self.losses["info_loss"].update(g_info.detach())
+
+    def _judge_fakes(self, fakes: torch.Tensor, code: torch.Tensor | None):
+        """The discriminator's logits on ``fakes`` and, with InfoGAN codes, the cross-entropy
+        of recovering ``code`` from them (zero without codes)."""
+        if code is None:
+            return self.discriminator(fakes), fakes.new_zeros(())
+        logits, code_logits = self.discriminator.with_codes(fakes)
+        return logits, F.cross_entropy(code_logits, code)
 
     @torch.no_grad()
     def _update_average(self) -> None:
@@ -247,13 +294,30 @@ class GAN(pl.LightningModule):
             torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr, betas=betas),
         ]
 
+    def code_noise(self, per_code: int = 8) -> torch.Tensor:
+        """(codes · per_code, latent) noise: the first ``per_code`` fixed vectors with each
+        InfoGAN category in turn, so row c of a grid shows what code c has come to mean."""
+        codes = self.hparams.info_codes
+        noise = self.val_noise[:per_code].repeat(codes, 1)
+        rows = torch.arange(codes, device=noise.device).repeat_interleave(per_code)
+        noise[:, :codes] = F.one_hot(rows, codes).to(noise.dtype)
+        return noise
+
     def epoch_figures(self) -> dict:
-        """64 samples from the first fixed noise vectors: the same points every epoch."""
+        """64 samples from the first fixed noise vectors (the same points every epoch) and, for
+        an InfoGAN, one row per category code."""
         from workbench.plots import image_grid
 
+        epoch = self.current_epoch
         with torch.no_grad():
             was_training = self.net.training
             self.net.eval()
             images = self.net(self.val_noise[:64])[:, 0].cpu()
+            figures = {"samples": image_grid(images, f"samples after epoch {epoch}")}
+            codes = self.hparams.info_codes
+            if codes:
+                rows = self.net(self.code_noise()).view(codes, -1, *images.shape[1:]).cpu()
+                title = f"one row per InfoGAN code, epoch {epoch}"
+                figures["codes"] = image_grid(rows, title)
             self.net.train(was_training)
-        return {"samples": image_grid(images, f"samples after epoch {self.current_epoch}")}
+        return figures

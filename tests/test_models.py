@@ -336,3 +336,24 @@ def test_infogan_recovers_its_codes_after_a_short_training(checkpoint_8x8: str, 
 def test_infogan_codes_must_leave_room_for_noise(checkpoint_8x8: str, codes: int):
     with pytest.raises(ValueError, match=rf"info_codes: must be 0 .* latent - 1 = 7; got {codes}"):
         _build("gan", checkpoint_8x8, info_codes=codes)
+
+
+@pytest.mark.parametrize("name", ["gan", "dqn"])
+def test_export_feeds_the_network_what_it_takes(name: str, checkpoint_8x8: str, tmp_path: Path):
+    """A GAN's exported generator takes noise, not test images; the InfoGAN code path (argmax,
+    one-hot) survives tracing and ONNX with a dynamic batch."""
+    from workbench.deploy.export import (
+        example_inputs,
+        export_onnx,
+        export_torchscript,
+        onnx_max_abs_difference,
+    )
+
+    model = _build(name, checkpoint_8x8, **({"info_codes": 3} if name == "gan" else {})).eval()
+    inputs = example_inputs(model, None, 64)
+    assert inputs.shape == ((64, 8) if name == "gan" else (64, 4))
+    scripted = torch.jit.load(str(export_torchscript(model.net, inputs[:2], tmp_path / "m.pt")))
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(inputs), model.net(inputs))
+    onnx_path = export_onnx(model.net, inputs[:2], tmp_path / "m.onnx")
+    assert onnx_max_abs_difference(onnx_path, model.net, inputs) <= 1e-4

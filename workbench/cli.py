@@ -196,20 +196,26 @@ def _export(args: argparse.Namespace) -> int:
     from workbench.spec import load_spec
 
     spec = load_spec(args.spec, args.overrides)
-    from workbench.deploy.export import export_onnx, export_torchscript, onnx_max_abs_difference
+    from workbench.deploy.export import (
+        example_inputs,
+        export_onnx,
+        export_torchscript,
+        onnx_max_abs_difference,
+    )
     from workbench.study import load_best_trial
     from workbench.train import build_datamodule, load_module
 
     best = load_best_trial(spec)
-    network = load_module(best.user_attrs["checkpoint"], spec.model.name).net.eval()
-    inputs = build_datamodule(spec).split("test")[0][:64]
+    module = load_module(best.user_attrs["checkpoint"], spec.model.name)
+    network = module.net.eval()
+    inputs = example_inputs(module, build_datamodule(spec), 64)
     out = Path(args.out)
     script = export_torchscript(network, inputs[:2], out / f"{spec.name}.pt")
     onnx_path = export_onnx(network, inputs[:2], out / f"{spec.name}.onnx")
     difference = onnx_max_abs_difference(onnx_path, network, inputs)
     print(
         f"TorchScript: {script}\nONNX:        {onnx_path} "
-        f"(max |onnxruntime - torch| on 64 test images: {difference:.2e})"
+        f"(max |onnxruntime - torch| on 64 test inputs: {difference:.2e})"
     )
     print(f"MLflow model (signature, input example): {best.user_attrs['model_uri']}")
     return 0 if difference <= 1e-4 else 1

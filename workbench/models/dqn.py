@@ -106,8 +106,11 @@ class DQN(pl.LightningModule):
         """Q-values (N, actions)."""
         return self.net(states)
 
-    def example_input(self, data=None) -> torch.Tensor:
-        return data.split("test")[0][:2] if data is not None else torch.zeros(2, 4)
+    def example_input(self, data=None, n: int = 2) -> torch.Tensor:
+        if data is not None:
+            return data.split("test")[0][:n]
+        seeded = torch.Generator().manual_seed(0)
+        return torch.randn(n, *self.hparams.input_shape, generator=seeded)
 
     def epsilon(self) -> float:
         fraction = min(1.0, self.env_steps / max(1, self.hparams.eps_decay_steps))

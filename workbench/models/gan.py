@@ -184,8 +184,9 @@ class GAN(pl.LightningModule):
     def forward(self, noise: torch.Tensor) -> torch.Tensor:
         return self.net(noise)
 
-    def example_input(self, data=None) -> torch.Tensor:
-        return torch.randn(2, self.hparams.latent, generator=torch.Generator().manual_seed(0))
+    def example_input(self, data=None, n: int = 2) -> torch.Tensor:
+        """What the exported generator takes: ``n`` seeded noise vectors."""
+        return torch.randn(n, self.hparams.latent, generator=torch.Generator().manual_seed(0))
 
     def on_fit_start(self) -> None:
         data = self.trainer.datamodule

@@ -312,6 +312,7 @@ class _Objective:
         from optuna_integration import PyTorchLightningPruningCallback
 
         from workbench import plots
+        from workbench.deploy.export import example_inputs
         from workbench.train import build_model, fit
 
         params = sample_params(self.spec.search_space, trial)
@@ -388,11 +389,7 @@ class _Objective:
                     plots.confusion_matrix(result.confusion),
                     "plots/confusion_matrix.png",
                 )
-            example = (
-                model.example_input(data)
-                if hasattr(model, "example_input")
-                else data.split("test")[0][:2]
-            )
+            example = example_inputs(model, data, 2)
             model_uri = tracking.log_model(store, run_id, model.net, example.cpu().numpy())
         except BaseException as exc:
             tracking.end_run(

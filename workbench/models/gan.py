@@ -215,7 +215,7 @@ class GAN(pl.LightningModule):
 
         # Discriminator: real → 1 (smoothed, Salimans et al. 2016), fake → 0.
         real_logits = self.discriminator(self.augment(real))
-        fake_logits, d_info = self._judge_fakes(self.augment(fake.detach()), code)
+        fake_logits, d_info = self._discriminate_fakes(self.augment(fake.detach()), code)
         d_loss = F.binary_cross_entropy_with_logits(
             real_logits, torch.full_like(real_logits, 1.0 - self.hparams.label_smoothing)
         ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
@@ -225,7 +225,7 @@ class GAN(pl.LightningModule):
         d_opt.step()
 
         # Generator: make the discriminator call the fakes real (non-saturating loss).
-        fooled, g_info = self._judge_fakes(self.augment(fake), code)
+        fooled, g_info = self._discriminate_fakes(self.augment(fake), code)
         g_loss = F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
         g_loss = g_loss + self.hparams.info_weight * g_info
         g_opt.zero_grad()
@@ -237,7 +237,7 @@ class GAN(pl.LightningModule):
         if codes:
             self.losses["info_loss"].update(g_info.detach())
 
-    def _judge_fakes(self, fakes: torch.Tensor, code: torch.Tensor | None):
+    def _discriminate_fakes(self, fakes: torch.Tensor, code: torch.Tensor | None):
         """The discriminator's logits on ``fakes`` and, with InfoGAN codes, the cross-entropy
         of recovering ``code`` from them (zero without codes)."""
         if code is None:

@@ -15,7 +15,8 @@ exported is a moving average of the generator's weights.
 With ``info_codes: k`` it is an InfoGAN (Chen et al., 2016): the first k noise dimensions become
 a categorical code (their argmax, one-hot), and a head on the discriminator's features is trained
 with both networks to recover the code from the image. The generator must then make k kinds of
-image that can be told apart; on MNIST those become the digits, drawn more distinctly.
+image that can be told apart; on MNIST many codes come to stand for one digit each (others mix
+two or three), and the digits come out more distinct: the judge's confidence rises.
 """
 
 from __future__ import annotations
@@ -318,7 +319,7 @@ class GAN(pl.LightningModule):
             codes = self.hparams.info_codes
             if codes:
                 rows = self.net(self.code_noise()).view(codes, -1, *images.shape[1:]).cpu()
-                title = f"one row per InfoGAN code, epoch {epoch}"
+                title = f"one row per InfoGAN code, after epoch {epoch}"
                 figures["codes"] = image_grid(rows, title)
             self.net.train(was_training)
         return figures

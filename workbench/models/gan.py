@@ -220,7 +220,8 @@ class GAN(pl.LightningModule):
         d_loss = F.binary_cross_entropy_with_logits(
             real_logits, torch.full_like(real_logits, 1.0 - self.hparams.label_smoothing)
         ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
-        d_loss = d_loss + self.hparams.info_weight * d_info
+        if codes:
+            d_loss = d_loss + self.hparams.info_weight * d_info
         d_opt.zero_grad()
         self.manual_backward(d_loss)
         d_opt.step()
@@ -228,7 +229,8 @@ class GAN(pl.LightningModule):
         # Generator: make the discriminator call the fakes real (non-saturating loss).
         fooled, g_info = self._discriminate_fakes(self.augment(fake), code)
         g_loss = F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
-        g_loss = g_loss + self.hparams.info_weight * g_info
+        if codes:
+            g_loss = g_loss + self.hparams.info_weight * g_info
         g_opt.zero_grad()
         self.manual_backward(g_loss)
         g_opt.step()
@@ -240,9 +242,9 @@ class GAN(pl.LightningModule):
 
     def _discriminate_fakes(self, fakes: torch.Tensor, code: torch.Tensor | None):
         """The discriminator's logits on ``fakes`` and, with InfoGAN codes, the cross-entropy
-        of recovering ``code`` from them (zero without codes)."""
+        of recovering ``code`` from them (None without codes: nothing added on the hot path)."""
         if code is None:
-            return self.discriminator(fakes), fakes.new_zeros(())
+            return self.discriminator(fakes), None
         logits, code_logits = self.discriminator.with_codes(fakes)
         return logits, F.cross_entropy(code_logits, code)
 

@@ -8,7 +8,7 @@ validation accuracy, counting trials in the order they ran. Prints the per-seed 
 median ratio TPE+Hyperband / random.
 
     python bench/study_efficiency.py [--seeds 0 1 2 3 4] [--targets 0.97 0.975] [--trials 12]
-                                     [--epochs 10]
+                                     [--epochs 10] [--hyperband "{reduction_factor: 4}"]
 """
 
 from __future__ import annotations
@@ -69,7 +69,14 @@ def main() -> None:
     parser.add_argument("--targets", type=float, nargs="+", default=[0.97, 0.975])
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument(
+        "--hyperband",
+        default="{}",
+        help="options for the HyperbandPruner of the TPE arm, as a YAML mapping (default: none "
+        "beyond the workbench's min_resource=1, max_resource=epochs)",
+    )
     args = parser.parse_args()
+    METHODS["tpe+hyperband"][-1] = f"study.pruner_options={args.hyperband}"
     raw = yaml.safe_load(SPEC.read_text())
     raw["search_space"] = WIDE_SPACE
     studies = {}

@@ -76,13 +76,17 @@ def main() -> None:
         "beyond the workbench's min_resource=1, max_resource=epochs)",
     )
     args = parser.parse_args()
-    METHODS["tpe+hyperband"][-1] = f"study.pruner_options={args.hyperband}"
+    methods = dict(METHODS)
+    methods["tpe+hyperband"] = [
+        *METHODS["tpe+hyperband"][:-1],
+        f"study.pruner_options={args.hyperband}",
+    ]
     raw = yaml.safe_load(SPEC.read_text())
     raw["search_space"] = WIDE_SPACE
     studies = {}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            for method, overrides in METHODS.items():
+            for method, overrides in methods.items():
                 raw["name"] = f"efficiency-{method.split(',')[0]}-{seed}"
                 spec = load_spec(
                     raw,
@@ -105,7 +109,7 @@ def main() -> None:
         ratios, time_ratios = [], []
         for seed in args.seeds:
             costs = {}
-            for method in METHODS:
+            for method in methods:
                 study = studies[seed, method]
                 costs[method] = cost_to_target(study, target)
                 epochs, seconds = costs[method]

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import EXPERIMENTS, tiny
 from workbench import tracking
+from workbench.deploy.export import example_inputs
 from workbench.spec import load_spec
 from workbench.study import run_study
 from workbench.train import build_datamodule, build_model, fit, load_module
@@ -84,11 +85,7 @@ def test_experiment_runs_through_the_study_path(name: str, tmp_path: Path, teach
     trial = result.load_study().trials[result.best_trial]
     module = load_module(trial.user_attrs["checkpoint"], spec.model.name)
     data = build_datamodule(spec)
-    inputs = (
-        module.example_input(data)
-        if hasattr(module, "example_input")
-        else data.split("test")[0][:4]
-    )
+    inputs = example_inputs(module, data, 4)
     with torch.no_grad():
         torch.testing.assert_close(network(inputs), module.net(inputs), atol=1e-5, rtol=1e-4)
 

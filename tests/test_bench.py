@@ -21,13 +21,17 @@ def efficiency():
 
 def _trial(values: list[float], seconds: float, state=optuna.trial.TrialState.COMPLETE):
     start = datetime.datetime(2026, 1, 1)
-    return optuna.trial.create_trial(
-        state=state,
-        value=max(values) if state == optuna.trial.TrialState.COMPLETE else None,
-        intermediate_values=dict(enumerate(values)),
-        distributions={},
-        params={},
-    ), start, start + datetime.timedelta(seconds=seconds)
+    return (
+        optuna.trial.create_trial(
+            state=state,
+            value=max(values) if state == optuna.trial.TrialState.COMPLETE else None,
+            intermediate_values=dict(enumerate(values)),
+            distributions={},
+            params={},
+        ),
+        start,
+        start + datetime.timedelta(seconds=seconds),
+    )
 
 
 def _study(trials) -> optuna.Study:

@@ -125,6 +125,7 @@ def test_explain_model_on_a_trained_mlp_is_faithful_and_passes_the_sanity_check(
     assert trust["shap/insertion_auc"] > trust["shap/random_insertion_auc"]
     assert trust["agreement/spearman"] > 0.2  # two methods, one model: they should broadly agree
     assert abs(trust["sanity/spearman"]) < 0.6  # random weights, different explanation
+    assert trust["shap/stability"] > 0.8 and trust["lime/stability"] > 0.5  # another seed
     # Per-class values: any class can be explained, not only the predicted one.
     other = explain_model(model, data, methods=("shap",), n=3, trust=False, target_class=0)
     assert (other.shap.targets == 0).all()
@@ -132,6 +133,23 @@ def test_explain_model_on_a_trained_mlp_is_faithful_and_passes_the_sanity_check(
     assert {"shap", "lime", "shap_vs_lime", "faithfulness", "shap_beeswarm", "shap_bar"} <= set(
         figures
     )
+
+
+def test_stability_is_one_for_an_exact_method_and_falls_with_fewer_lime_samples():
+    """Stability reruns a method with another seed: DeepExplainer on a linear model is exact
+    (w·(x − background mean)), so nothing moves; LIME with few perturbations moves more than
+    LIME with many."""
+    from workbench.registry import build_data
+
+    data = build_data("breast_cancer", seed=0, test_fraction=0.2)
+    torch.manual_seed(0)
+    network = _linear(torch.randn(2, 30))
+    exact = explain_model(network, data, ("shap",), n=8, shap_method="deep", background=16)
+    assert exact.trust["shap/stability"] == pytest.approx(1.0)
+    few = explain_model(network, data, ("lime",), n=8, lime_samples=60).trust["lime/stability"]
+    many = explain_model(network, data, ("lime",), n=8, lime_samples=2000).trust["lime/stability"]
+    assert -1.0 <= few < many <= 1.0
+    assert many > 0.8
 
 
 def test_explain_model_names_bad_input(tmp_path):

@@ -2,8 +2,9 @@
 
 ``explain_model`` takes a live module (or network) with its data module, or the id of an MLflow
 trial run, and returns an ``ExplanationReport``: the attributions of each method, their plots,
-and how far they can be trusted (faithfulness against random orders, SHAP-LIME agreement, and the
-randomised-weights sanity check). ``report.log(store, run_id)`` puts it all in the run.
+and how far they can be trusted (faithfulness against random orders, run-to-run stability under
+another seed, SHAP-LIME agreement, and the randomised-weights sanity check).
+``report.log(store, run_id)`` puts it all in the run.
 """
 
 from __future__ import annotations
@@ -223,33 +224,38 @@ def explain_model(
             feature_names=names, class_names=classes, settings=settings,
         )  # fmt: skip
 
-    explanations, raw, timings = {}, {}, {}
-    if "shap" in methods:
-        started = time.perf_counter()
-        raw["shap"] = shap_values(network, inputs, chosen, targets, shap_method, shap_samples, seed)
-        timings["shap"] = time.perf_counter() - started
-        per_unit = to_units(kind, raw["shap"]).reshape(-1, *_unit_shape(kind, inputs))
-        label = {"gradient": "GradientExplainer", "deep": "DeepExplainer", "kernel": "Kernel"}
-        explanations["shap"] = wrap(
-            f"SHAP ({label[shap_method]})",
-            per_unit,
-            {"explainer": shap_method, "background": len(chosen), "nsamples": shap_samples},
-        )
-    if "lime" in methods:
-        started = time.perf_counter()
-        if kind == "image":
-            found = lime_images(network, inputs, num_samples=lime_samples, seed=seed)
-            lime_units, settings = found.attributions, found.settings
-        elif kind == "tabular":
-            lime_units = lime_tabular(
-                network, inputs, train_x, targets, names, classes, lime_samples, seed
+    label = {"gradient": "GradientExplainer", "deep": "DeepExplainer", "kernel": "Kernel"}
+
+    def attribute(method: str, net: torch.nn.Module, method_seed: int) -> tuple[np.ndarray, dict]:
+        """One method's attributions, one value per unit (pixel, feature, time step), and its
+        settings."""
+        if method == "shap":
+            values = shap_values(
+                net, inputs, chosen, targets, shap_method, shap_samples, method_seed
             )
-            settings = {"num_samples": lime_samples, "discretizer": "quartile"}
-        else:
-            lime_units = lime_sequence(network, inputs, baseline[0], targets, lime_samples, seed)
-            settings = {"num_samples": lime_samples, "units": "time steps"}
-        timings["lime"] = time.perf_counter() - started
-        explanations["lime"] = wrap("LIME", lime_units, settings)
+            per_unit = to_units(kind, values).reshape(-1, *_unit_shape(kind, inputs))
+            return per_unit, {
+                "explainer": shap_method, "background": len(chosen), "nsamples": shap_samples,
+            }  # fmt: skip
+        if kind == "image":
+            found = lime_images(net, inputs, num_samples=lime_samples, seed=method_seed)
+            return found.attributions, found.settings
+        if kind == "tabular":
+            units = lime_tabular(
+                net, inputs, train_x, targets, names, classes, lime_samples, method_seed
+            )
+            return units, {"num_samples": lime_samples, "discretizer": "quartile"}
+        units = lime_sequence(net, inputs, baseline[0], targets, lime_samples, method_seed)
+        return units, {"num_samples": lime_samples, "units": "time steps"}
+
+    explanations, timings = {}, {}
+    for method in ("shap", "lime"):
+        if method in methods:
+            started = time.perf_counter()
+            attributions, settings = attribute(method, network, seed)
+            timings[method] = time.perf_counter() - started
+            title = f"SHAP ({label[shap_method]})" if method == "shap" else "LIME"
+            explanations[method] = wrap(title, attributions, settings)
 
     scores: dict[str, float] = {f"seconds/{k}": v for k, v in timings.items()}
     curves = {}
@@ -260,17 +266,19 @@ def explain_model(
                 network, inputs, units, targets, baseline, kind, steps, seed=seed
             )
             scores.update({f"{name}/{k}": v for k, v in found.items()})
+            # Run-to-run stability: the same method, the same inputs and background, another
+            # seed for its own sampling (SHAP's expected-gradient draws, LIME's perturbations).
+            again = attribute(name, network, seed + 1)[0]
+            scores[f"{name}/stability"] = rank_agreement(units, to_units(kind, again))
         if len(explanations) == 2:
             scores["agreement/spearman"] = rank_agreement(
                 *_comparable(kind, explanations["shap"], explanations["lime"])
             )
         if "shap" in explanations:
-            randomized = randomized_copy(network, seed)
-            random_values = shap_values(
-                randomized, inputs, chosen, targets, shap_method, shap_samples, seed
+            trained_units = to_units(kind, explanations["shap"].attributions)
+            random_units = to_units(
+                kind, attribute("shap", randomized_copy(network, seed), seed)[0]
             )
-            trained_units = to_units(kind, raw["shap"])
-            random_units = to_units(kind, random_values)
             scores["sanity/spearman"] = rank_agreement(trained_units, random_units)
             scores["sanity/spearman_abs"] = rank_agreement(
                 np.abs(trained_units), np.abs(random_units)

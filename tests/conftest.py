@@ -10,7 +10,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"
 
-os.environ.setdefault("TQDM_DISABLE", "1")  # LIME's per-image progress bars flood test logs
+os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars (the study's, SHAP's) flood test logs
 
 
 def tiny(root: Path, **extra: object) -> list[str]:

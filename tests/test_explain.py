@@ -55,13 +55,24 @@ def test_lime_finds_the_only_patch_the_model_looks_at():
     assert all(abs(per_segment[s]) < 0.1 * per_segment[0] for s in (1, 2, 3))
 
 
-def test_lime_is_reproducible_with_a_seed():
+def test_lime_is_reproducible_with_a_seed_and_draws_no_bar_per_image(monkeypatch):
+    import lime.lime_image
+
+    bars = []  # LIME 0.2.0.1 wraps its samples in tqdm for every image, unconditionally
+
+    def counting_bar(iterable, *args, **kwargs):
+        bars.append(iterable)
+        return iterable
+
+    monkeypatch.setattr(lime.lime_image, "tqdm", counting_bar)
     torch.manual_seed(0)
     network = _linear(torch.randn(3, 64))
     inputs = torch.randn(2, 1, 8, 8)
     first = lime_images(network, inputs, num_samples=200, patch=2, seed=7)
     second = lime_images(network, inputs, num_samples=200, patch=2, seed=7)
     assert np.allclose(first.attributions, second.attributions)
+    assert bars == []
+    assert lime.lime_image.tqdm is counting_bar  # LIME is left as it was
 
 
 def test_explain_images_on_a_cnn_returns_plottable_explanations():

@@ -80,7 +80,7 @@ def lime_images(
     attributions = np.zeros_like(gray)
     for i, image in enumerate(gray):
         explainer = lime_image.LimeImageExplainer(random_state=seed)
-        explanation = explainer.explain_instance(
+        explanation = _quiet(explainer.explain_instance)(
             np.repeat(image[..., None], 3, axis=2).astype(np.float64),
             classify,
             labels=(int(targets[i]),),
@@ -104,6 +104,22 @@ def lime_images(
         labels=labels,
         settings={"num_samples": num_samples, "patch": patch, "seed": seed},
     )
+
+
+def _quiet(explain_instance):
+    """LIME 0.2.0.1 draws a tqdm bar over its perturbed samples for every image, with no switch
+    to turn it off; a call takes milliseconds, so the bars are only noise in a notebook."""
+    from lime import lime_image
+
+    def call(*args, **kwargs):
+        bar = lime_image.tqdm
+        lime_image.tqdm = lambda iterable, *_, **__: iterable
+        try:
+            return explain_instance(*args, **kwargs)
+        finally:
+            lime_image.tqdm = bar
+
+    return call
 
 
 def _pixels(inputs: torch.Tensor, pixels: np.ndarray | None) -> np.ndarray:

@@ -78,22 +78,28 @@ def lime_images(
     probabilities = predict_proba(network, inputs)
     targets = probabilities.argmax(axis=1)
     attributions = np.zeros_like(gray)
-    for i, image in enumerate(gray):
-        explainer = lime_image.LimeImageExplainer(random_state=seed)
-        explanation = _quiet(explainer.explain_instance)(
-            np.repeat(image[..., None], 3, axis=2).astype(np.float64),
-            classify,
-            labels=(int(targets[i]),),
-            top_labels=None,
-            hide_color=blank,
-            num_samples=num_samples,
-            batch_size=num_samples,  # one forward pass; predict_proba batches it
-            segmentation_fn=lambda _image: segments,
-            random_seed=seed,
-        )
-        weights = dict(explanation.local_exp[int(targets[i])])
-        per_segment = np.array([weights.get(s, 0.0) for s in range(segments.max() + 1)])
-        attributions[i] = per_segment[segments]
+    # LIME 0.2.0.1 draws a tqdm bar over its samples for every image and has no switch for it;
+    # one call takes milliseconds, so the bars are only noise in a notebook.
+    bar, lime_image.tqdm = lime_image.tqdm, lambda iterable, *_, **__: iterable
+    try:
+        for i, image in enumerate(gray):
+            explainer = lime_image.LimeImageExplainer(random_state=seed)
+            explanation = explainer.explain_instance(
+                np.repeat(image[..., None], 3, axis=2).astype(np.float64),
+                classify,
+                labels=(int(targets[i]),),
+                top_labels=None,
+                hide_color=blank,
+                num_samples=num_samples,
+                batch_size=num_samples,  # one forward pass; predict_proba batches it
+                segmentation_fn=lambda _image: segments,
+                random_seed=seed,
+            )
+            weights = dict(explanation.local_exp[int(targets[i])])
+            per_segment = np.array([weights.get(s, 0.0) for s in range(segments.max() + 1)])
+            attributions[i] = per_segment[segments]
+    finally:
+        lime_image.tqdm = bar
     return Explanation(
         method="LIME",
         kind="image",
@@ -104,22 +110,6 @@ def lime_images(
         labels=labels,
         settings={"num_samples": num_samples, "patch": patch, "seed": seed},
     )
-
-
-def _quiet(explain_instance):
-    """LIME 0.2.0.1 draws a tqdm bar over its perturbed samples for every image, with no switch
-    to turn it off; a call takes milliseconds, so the bars are only noise in a notebook."""
-    from lime import lime_image
-
-    def call(*args, **kwargs):
-        bar = lime_image.tqdm
-        lime_image.tqdm = lambda iterable, *_, **__: iterable
-        try:
-            return explain_instance(*args, **kwargs)
-        finally:
-            lime_image.tqdm = bar
-
-    return call
 
 
 def _pixels(inputs: torch.Tensor, pixels: np.ndarray | None) -> np.ndarray:

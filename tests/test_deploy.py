@@ -33,6 +33,29 @@ def test_torchscript_and_onnx_reproduce_the_network(tiny_study, tmp_path: Path):
     assert onnx_max_abs_difference(onnx_path, network, inputs) <= 1e-4
 
 
+def test_logged_model_has_a_dynamic_batch_signature_and_a_serving_example_it_answers(tiny_study):
+    """What MLflow's own check at log time did (it is off: a reload per trial): the saved serving
+    example goes through the logged model and gives the network's outputs."""
+    import mlflow.artifacts
+    import mlflow.pyfunc
+    from mlflow.models import Model
+
+    spec, result = tiny_study
+    mlflow.set_tracking_uri(result.tracking_uri)
+    local = Path(mlflow.artifacts.download_artifacts(result.model_uri))
+    signature = Model.load(local / "MLmodel").signature
+    (inputs,), (outputs,) = signature.inputs.inputs, signature.outputs.inputs
+    assert (inputs.shape, inputs.type) == ((-1, 1, 28, 28), np.dtype("float32"))
+    assert outputs.shape == (-1, 10)
+    example = json.loads((local / "serving_input_example.json").read_text())["inputs"]
+    example = np.asarray(example, dtype=np.float32)
+    assert example.shape[0] >= 2  # a batch of one would have fixed the exported batch size
+    served = mlflow.pyfunc.load_model(result.model_uri).predict(example)
+    with torch.no_grad():
+        expected = _best_network(spec, result)(torch.from_numpy(example)).numpy()
+    assert np.allclose(served, expected, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_served_model_matches_in_process_predictions_and_refuses_bad_input(tiny_study, tmp_path):
     spec, result = tiny_study

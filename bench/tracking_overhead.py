@@ -10,7 +10,7 @@ untracked first in odd ones), so a machine that drifts (another load, clock chan
 sides alike. One pair runs first as a warm-up and is not counted: it pays the one-time costs
 (imports, torch.export's first trace, matplotlib's font cache) that no later trial pays.
 
-On a shared machine two runs of the same 15 s fit can differ by a second, so the script also times
+On a shared machine two runs of the same 13 s fit can differ by seconds, so the script also times
 the tracking work itself inside each tracked trial: everything outside `fit()` (run, params,
 plots, model) plus the per-epoch metric logging inside it. That direct figure does not depend on
 the untracked runs' noise.

@@ -135,7 +135,7 @@ def log_model(store: Store, run_id: str, network, input_example) -> str:
     The input example must hold at least two rows so the exported batch dimension stays dynamic.
     Requirements are given explicitly: inferring them re-imports the model and costs seconds.
     MLflow's own check of the serving example (load the saved model back, predict, warn on
-    failure) is off: it costs ~0.2-0.4 s a trial. The tests do it instead (tests/test_deploy.py),
+    failure) is off: it costs ~0.2 s a trial. The tests do it instead (tests/test_deploy.py),
     and load every experiment's registered model and compare it with its checkpoint.
     """
     import mlflow.pytorch

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,10 +22,24 @@ import yaml
 STUDY_REFERENCE = "study:"
 # Data whose models the study's explanation step cannot explain (no class to attribute).
 UNEXPLAINED_DATA = frozenset({"adding", "gym"})
+# Study, experiment and registered-model names become MLflow filter values, Optuna keys and
+# directory names: one rule for all of them, checked before any store is opened.
+NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+NAME_RULE_TEXT = (
+    "a name is 1 to 100 characters: letters, digits, '_', '-' and '.', starting with a letter "
+    "or digit, without '..'"
+)
 
 
 class SpecError(ValueError):
     """A spec field is unknown, of the wrong type or holds an impossible value."""
+
+
+def check_name(value: Any, where: str) -> str:
+    """Refuse a name outside ``NAME_RULE`` (quotes, slashes, ``..``, spaces, overlong names)."""
+    ok = isinstance(value, str) and NAME_RULE.fullmatch(value) is not None and ".." not in value
+    _require(ok, where, f"{NAME_RULE_TEXT}; got {value!r}")
+    return value
 
 
 @dataclass
@@ -134,6 +149,9 @@ class StudySpec:
     """Trial heartbeat; a trial silent for 4 heartbeats (a killed worker) is failed and retried."""
     retries: int = 1
     """How many times a trial whose worker died is re-queued with the same parameters."""
+    allow_repeats: bool = False
+    """Run a drawn configuration that a finished trial already ran (off: the trial is skipped,
+    recorded PRUNED with the reason)."""
 
     def check(self) -> None:
         _require(self.trials >= 1, "study.trials", "must be >= 1")
@@ -235,6 +253,13 @@ class ExperimentSpec:
     """Keys are model constructor arguments, or dotted spec fields such as ``data.batch_size``."""
 
     def check(self) -> None:
+        check_name(self.name, "name")
+        check_name(self.tracking.experiment, "tracking.experiment")
+        if self.tracking.register_as is not None:
+            check_name(self.tracking.register_as, "tracking.register_as")
+        for key, value in self.model.params.items():
+            if key.endswith("checkpoint") and str(value).startswith(STUDY_REFERENCE):
+                check_name(str(value)[len(STUDY_REFERENCE) :], f"model.params.{key}")
         for part in (self.data, self.trainer, self.study, self.explain):
             part.check()
         for key, param in self.search_space.items():
@@ -254,7 +279,12 @@ def load_spec(
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"spec file not found: {path}")
-        raw = yaml.safe_load(path.read_text()) or {}
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise SpecError(f"{path}: not a YAML text file ({exc.reason})") from exc
+        except yaml.YAMLError as exc:
+            raise SpecError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from exc
         default_name = path.stem
         if not isinstance(raw, dict):
             raise SpecError(f"{path}: the top level must be a mapping of fields")
@@ -273,12 +303,18 @@ def apply_override(raw: dict, item: str) -> None:
         raise SpecError(f"override {item!r}: expected key=value, e.g. trainer.max_epochs=1")
     key, _, text = item.partition("=")
     parts = key.strip().split(".")
+    if not all(parts):
+        raise SpecError(f"override {item!r}: {key!r} is not a field path such as data.batch_size")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"override {key}: cannot read {text!r} as a YAML value") from exc
     node = raw
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise SpecError(f"override {key}: {part} is not a section")
-    node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+    node[parts[-1]] = value
 
 
 def _require(ok: bool, where: str, message: str) -> None:

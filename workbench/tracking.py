@@ -6,7 +6,9 @@ notebook kernel never inherits a dangling run and a child run can never lose its
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -36,29 +38,83 @@ class Store:
 
 
 def open_store(root: str | Path, experiment: str, tracking_uri: str | None = None) -> Store:
-    """Point MLflow at ``sqlite:///<root>/mlflow.db`` or ``tracking_uri``; ensure the experiment."""
+    """Point MLflow at ``sqlite:///<root>/mlflow.db`` or ``tracking_uri``; ensure the experiment.
+
+    A database that is not one, or a tracking server that does not answer, stops here with an
+    error naming the file or URL. Two first commands on a fresh root take turns (a file lock)
+    so that they do not both create the schema.
+    """
+    from mlflow.exceptions import MlflowException
+
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri or f"sqlite:///{root / 'mlflow.db'}"
+    where = f"tracking.mlflow_uri: {uri}"
+    if uri.startswith("sqlite:///"):
+        where = f"the MLflow database {uri.removeprefix('sqlite:///')}"
+        check_sqlite_file(Path(uri.removeprefix("sqlite:///")), "MLflow")
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        location = None if uri.startswith("http") else (root / "artifacts").as_uri()
-        experiment_id = client.create_experiment(experiment, artifact_location=location)
-    else:
-        experiment_id = found.experiment_id
+    try:
+        with root_lock(root):
+            client = MlflowClient(uri)
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                location = None if uri.startswith("http") else (root / "artifacts").as_uri()
+                experiment_id = client.create_experiment(experiment, artifact_location=location)
+            else:
+                experiment_id = found.experiment_id
+    except (MlflowException, OSError) as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ConnectionError(f"{where}: cannot be opened: {first}") from exc
     return Store(root, uri, experiment_id)
+
+
+def check_sqlite_file(path: Path, kind: str) -> None:
+    """A file that exists must be an SQLite database (a truncated or foreign file is named)."""
+    if path.is_file() and path.stat().st_size > 0:
+        with open(path, "rb") as handle:
+            header = handle.read(16)
+        if header != b"SQLite format 3\x00":
+            raise ConnectionError(
+                f"{path}: not an SQLite database (the {kind} store is corrupt or was replaced); "
+                "restore it from a backup or point tracking.root elsewhere"
+            )
+
+
+@contextlib.contextmanager
+def root_lock(root: Path):
+    """An exclusive lock on ``<root>/.lock`` among the processes of this machine."""
+    import fcntl
+
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def filter_value(value: str) -> str:
+    """``value`` quoted for an MLflow filter string. Only identifier characters pass: MLflow's
+    filter grammar has no escape, so a quote in a value would change the query."""
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", value):
+        raise ValueError(f"refusing to search MLflow for {value!r}: not a name or run id")
+    return f"'{value}'"
 
 
 def find_study_run(store: Store, study: str) -> str | None:
     """The parent run of study ``study`` in this experiment, if one exists."""
     runs = store.client.search_runs(
         [store.experiment_id],
-        filter_string=f"tags.`{ROLE}` = 'study' AND tags.`{STUDY}` = '{study}'",
-        max_results=1,
+        filter_string=f"tags.`{ROLE}` = 'study' AND tags.`{STUDY}` = {filter_value(study)}",
+        max_results=2,
     )
     return runs[0].info.run_id if runs else None
+
+
+def run_tags(store: Store, run_id: str) -> dict[str, str]:
+    return dict(store.client.get_run(run_id).data.tags)
 
 
 def start_run(store: Store, name: str, tags: dict[str, str], parent: str | None = None) -> str:
@@ -84,7 +140,9 @@ def end_run(store: Store, run_id: str, status: str, reason: str | None = None) -
 def child_runs(store: Store, parent: str) -> list:
     """Every run nested under ``parent``."""
     return store.client.search_runs(
-        [store.experiment_id], filter_string=f"tags.`{PARENT}` = '{parent}'", max_results=10_000
+        [store.experiment_id],
+        filter_string=f"tags.`{PARENT}` = {filter_value(parent)}",
+        max_results=10_000,
     )
 
 
@@ -158,10 +216,20 @@ def log_model(store: Store, run_id: str, network, input_example) -> str:
 def register_model(
     store: Store, model_uri: str, name: str, run_id: str, alias: str = "champion"
 ) -> int:
-    """Register ``model_uri`` as a new version of ``name`` and point ``alias`` at it."""
+    """Point ``alias`` of registered model ``name`` at the model of ``run_id``.
+
+    A version already registered from that run is reused, so a rerun of a finished study (or
+    one killed while registering) adds no version when the champion did not change.
+    """
     client = store.client
-    # mlflow.register_model links the version to the logged model (a tracking server insists).
-    version = mlflow.register_model(model_uri, name, await_registration_for=0)
+    existing = client.search_model_versions(
+        f"name = {filter_value(name)} AND run_id = {filter_value(run_id)}"
+    )
+    if existing:
+        version = min(existing, key=lambda v: int(v.version))
+    else:
+        # mlflow.register_model links the version to the logged model (a tracking server insists).
+        version = mlflow.register_model(model_uri, name, await_registration_for=0)
     client.set_registered_model_alias(name, alias, version.version)
     return int(version.version)
 

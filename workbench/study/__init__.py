@@ -12,7 +12,6 @@ import copy
 import dataclasses
 import os
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from tqdm.auto import tqdm
 
 from workbench import tracking
 from workbench.spec import STUDY_REFERENCE, ExperimentSpec, SpecError, apply_override, load_spec
+from workbench.study import recovery
 from workbench.study.config import (
     make_pruner,
     make_sampler,
@@ -31,11 +31,6 @@ from workbench.study.config import (
 from workbench.study.summary import StudyResult, finish_study, load_best_trial
 
 FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-MLFLOW_STATUS = {
-    optuna.trial.TrialState.COMPLETE: "FINISHED",
-    optuna.trial.TrialState.PRUNED: "KILLED",
-    optuna.trial.TrialState.FAIL: "FAILED",
-}
 
 __all__ = ["StudyResult", "load_best_trial", "run_study", "storage_url"]
 
@@ -68,18 +63,25 @@ def run_study(
 
     data = build_datamodule(spec)
     data.setup()  # a missing or broken data file fails here, before any run is opened
-    study = _open_study(spec)  # an unreachable database fails here
+    storage = _storage(spec)  # an unreachable or corrupt database fails here
+    recovery.check_mlflow_side_exists(spec, storage)
     store = tracking.open_store(
         spec.tracking.root, spec.tracking.experiment, spec.tracking.mlflow_uri
     )
-    parent = _open_study_run(store, spec, data)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-    _repair_orphan_runs(store, study, parent)
+    study, parent = recovery.open_linked(
+        spec,
+        storage,
+        store,
+        create_study=lambda: _open_study(spec, storage),
+        create_parent=lambda uid: _create_study_run(store, spec, data, uid),
+    )
+    tracking.reopen_run(store, parent)
+    recovery.recover(study, store, parent)
 
     done = _finished(study)
-    remaining = spec.study.trials - done
+    waiting = _count(study, optuna.trial.TrialState.WAITING)  # retries of dead workers' trials
+    remaining = max(spec.study.trials - done, waiting)
+    spec = _cap_workers(spec, remaining)
     on = f" on {spec.study.workers} workers" if spec.study.workers > 1 else ""
     print(f"study {spec.name!r}: {done} trials finished, running {max(remaining, 0)} more{on}")
     helpers = []
@@ -94,7 +96,10 @@ def run_study(
                 raise RuntimeError("a worker process failed; re-run the same command to resume")
             # A trial counted as running elsewhere can still fail, or belong to a process that
             # died before its heartbeat expired: what is missing is run here.
-            missing = spec.study.trials - _finished(study)
+            missing = max(
+                spec.study.trials - _finished(study),
+                _count(study, optuna.trial.TrialState.WAITING),
+            )
             if missing > 0:
                 _optimize(spec, study, data, store, parent, missing, count_running=False)
     except KeyboardInterrupt:
@@ -102,7 +107,7 @@ def run_study(
         tracking.end_run(store, parent, "KILLED", "interrupted; re-run the same command to resume")
         print(f"\nstudy {spec.name!r} interrupted: finished trials are kept; re-run to resume")
         raise
-    _repair_orphan_runs(store, study, parent)
+    recovery.recover(study, store, parent)
     result = finish_study(spec, study, store, parent, data)
     tracking.end_run(store, parent, "FINISHED")
     return result
@@ -130,17 +135,33 @@ def _resolve_study_checkpoints(spec: ExperimentSpec) -> ExperimentSpec:
     return dataclasses.replace(spec, model=dataclasses.replace(spec.model, params=params))
 
 
-def _open_study(spec: ExperimentSpec, worker: int = 0) -> optuna.Study:
+def _storage(spec: ExperimentSpec) -> optuna.storages.RDBStorage:
+    return open_storage(storage_url(spec), spec.study.heartbeat_s, spec.study.retries)
+
+
+def _open_study(spec: ExperimentSpec, storage=None) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directions = [spec.study.direction, *spec.study.extra_objectives.values()]
     return optuna.create_study(
         study_name=spec.name,
-        storage=open_storage(storage_url(spec), spec.study.heartbeat_s, spec.study.retries),
-        sampler=make_sampler(spec, worker),  # each worker seeds its sampler differently
+        storage=storage or _storage(spec),
+        sampler=make_sampler(spec),  # seeded per trial: processes and resumes never repeat
         pruner=make_pruner(spec),
         directions=directions,
         load_if_exists=True,
     )
+
+
+def _cap_workers(spec: ExperimentSpec, remaining: int) -> ExperimentSpec:
+    """No more worker processes than trials left to run or cores to run them on."""
+    cap = max(1, min(remaining, os.cpu_count() or 1))
+    if spec.study.workers <= cap:
+        return spec
+    print(
+        f"study.workers: {spec.study.workers} capped to {cap} "
+        f"({remaining} trials to run, {os.cpu_count()} cores)"
+    )
+    return dataclasses.replace(spec, study=dataclasses.replace(spec.study, workers=cap))
 
 
 def _optimize(
@@ -212,7 +233,10 @@ class _StopAtCount:
         if self.count_running:
             counted = (*FINISHED_STATES, optuna.trial.TrialState.RUNNING)
         self.claim.acquire()
-        if len(study.get_trials(deepcopy=False, states=counted)) >= self.target:
+        trials = study.get_trials(deepcopy=False)
+        # A waiting trial (a dead worker's retry) is always run: it replaces a failed one.
+        waiting = any(t.state == optuna.trial.TrialState.WAITING for t in trials)
+        if not waiting and sum(t.state in counted for t in trials) >= self.target:
             self.claim.release()
             return True
         return False
@@ -224,6 +248,10 @@ class _StopAtCount:
 
 def _finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
+
+
+def _count(study: optuna.Study, state: optuna.trial.TrialState) -> int:
+    return len(study.get_trials(deepcopy=False, states=(state,)))
 
 
 def _start_worker(spec: ExperimentSpec, parent: str, index: int):
@@ -264,11 +292,13 @@ def _worker_main(raw_spec: dict, parent: str, index: int) -> None:
 
     data = build_datamodule(spec)
     data.setup()
-    study = _open_study(spec, worker=index)
+    study = _open_study(spec)
     store = tracking.open_store(
         spec.tracking.root, spec.tracking.experiment, spec.tracking.mlflow_uri
     )
-    missing = spec.study.trials - _finished(study)
+    missing = max(
+        spec.study.trials - _finished(study), _count(study, optuna.trial.TrialState.WAITING)
+    )
     if missing > 0:
         _optimize(spec, study, data, store, parent, missing)
 
@@ -315,6 +345,7 @@ class _Objective:
         from workbench.deploy.export import example_inputs
         from workbench.train import build_model, fit
 
+        recovery.WorkerLock.of_this_process(self.store.root).record(trial)
         params = sample_params(self.spec.search_space, trial)
         model_params = {k: v for k, v in params.items() if "." not in k}
         spec = _with_dotted_params(self.spec, {k: v for k, v in params.items() if "." in k})
@@ -328,6 +359,14 @@ class _Objective:
             parent=self.parent,
         )
         trial.set_user_attr("mlflow_run_id", run_id)
+        repeated = _repeats(trial)
+        if repeated is not None and not spec.study.allow_repeats:
+            reason = (
+                f"repeats the configuration of finished trial {repeated}; not run again "
+                "(study.allow_repeats: true runs repeats)"
+            )
+            tracking.end_run(store, run_id, "KILLED", reason)
+            raise optuna.TrialPruned(reason)
         pl.seed_everything(spec.seed, verbose=False)
         model = build_model(spec, data, **model_params)
         tracking.log_params(
@@ -342,8 +381,11 @@ class _Objective:
             },
         )
         started = time.perf_counter()
-        checkpoint_dir = store.root / "checkpoints" / spec.name / f"trial-{trial.number}"
+        # The run id makes the folder unique: a checkpoint is never overwritten, whatever
+        # happened to the stores before.
+        checkpoint_dir = store.root / "checkpoints" / spec.name / f"trial-{trial.number}-{run_id}"
         try:
+            checkpoint_dir.mkdir(parents=True, exist_ok=False)
             result = fit(
                 model,
                 data,
@@ -405,6 +447,18 @@ class _Objective:
             trial.set_user_attr("objectives", extra)
             return (result.best_score, *extra.values())
         return result.best_score  # Optuna's gc_after_trial frees the model afterwards
+
+
+def _repeats(trial: optuna.Trial) -> int | None:
+    """The number of a finished trial with the same parameters, unless this trial's parameters
+    were given on purpose (a retry of a failed trial, an enqueued configuration)."""
+    system = trial.study._storage.get_trial_system_attrs(trial._trial_id)
+    if "fixed_params" in system or "failed_trial" in system:
+        return None
+    for other in trial.study.get_trials(deepcopy=False, states=FINISHED_STATES):
+        if other.number != trial.number and other.params == trial.params:
+            return other.number
+    return None
 
 
 def _log_epoch(store, run_id: str, model, epoch: int, metrics: dict[str, float]) -> None:
@@ -475,15 +529,12 @@ def _run_tags(
     return tags
 
 
-def _open_study_run(store: tracking.Store, spec: ExperimentSpec, data) -> str:
-    """The study's parent run: found by its tags when resuming, created otherwise."""
-    parent = tracking.find_study_run(store, spec.name)
-    if parent is None:
-        parent = tracking.start_run(store, spec.name, _run_tags(spec, data, "study"))
-        tracking.log_json(store, parent, spec.to_dict(), "spec.json")
-        tracking.log_params(store, parent, _flatten(spec.to_dict(), skip=("search_space",)))
-    else:
-        tracking.reopen_run(store, parent)
+def _create_study_run(store: tracking.Store, spec: ExperimentSpec, data, uid: str) -> str:
+    """The study's parent run, tagged with the id the Optuna study records too."""
+    tags = {**_run_tags(spec, data, "study"), recovery.STUDY_UID: uid}
+    parent = tracking.start_run(store, spec.name, tags)
+    tracking.log_json(store, parent, spec.to_dict(), "spec.json")
+    tracking.log_params(store, parent, _flatten(spec.to_dict(), skip=("search_space",)))
     return parent
 
 
@@ -498,20 +549,3 @@ def _flatten(tree: dict, prefix: str = "", skip: tuple[str, ...] = ()) -> dict[s
         else:
             flat[name] = value
     return flat
-
-
-def _repair_orphan_runs(store: tracking.Store, study: optuna.Study, parent: str) -> int:
-    """Close child runs a dead process left RUNNING, with the status their trial ended in."""
-    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
-    repaired = 0
-    for run in tracking.child_runs(store, parent):
-        if run.info.status != "RUNNING":
-            continue
-        number = int(run.data.tags.get(tracking.TRIAL, -1))
-        state = states.get(number)
-        if state == optuna.trial.TrialState.RUNNING:
-            continue  # another live worker owns it
-        status = MLFLOW_STATUS.get(state, "FAILED")
-        tracking.end_run(store, run.info.run_id, status, f"closed on resume: trial state {state}")
-        repaired += 1
-    return repaired

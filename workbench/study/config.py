@@ -14,35 +14,72 @@ import optuna
 from workbench.spec import ExperimentSpec, ParamSpec, SpecError
 
 
-def make_sampler(spec: ExperimentSpec, worker: int = 0) -> optuna.samplers.BaseSampler:
-    """The spec's sampler; a wrong name or option names the field.
+def make_sampler(spec: ExperimentSpec) -> optuna.samplers.BaseSampler:
+    """The spec's sampler, seeded per trial; a wrong name or option names the field.
 
-    The seed is ``study.sampler_options.seed`` if given, else the spec's ``seed``; each worker
-    adds its index, or all workers would propose the same first points.
+    The seed is ``study.sampler_options.seed`` if given, else the spec's ``seed``. A sampler
+    seeded once per process repeats itself: a resumed study, a second command or a second worker
+    on the same study would draw the same start-up configurations again. Seeding each trial with
+    seed + trial number continues one sequence across processes and resumes, reproducibly.
     """
     options = dict(spec.study.sampler_options)
     seed = options.pop("seed", spec.seed)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise SpecError(f"study.sampler_options.seed: must be an integer; got {seed!r}")
-    seed += worker
     name = spec.study.sampler
     factories = {
         # constant_liar is set explicitly: Optuna 5 turned it on by default, 4.x had it off. On, it
         # keeps parallel workers from proposing the same point while trials are running.
-        "tpe": lambda: optuna.samplers.TPESampler(
-            seed=seed, **{"constant_liar": True, "multivariate": True, **options}
+        "tpe": lambda s: optuna.samplers.TPESampler(
+            seed=s, **{"constant_liar": True, "multivariate": True, **options}
         ),
-        "random": lambda: optuna.samplers.RandomSampler(seed=seed, **options),
-        "grid": lambda: optuna.samplers.GridSampler(grid_points(spec), seed=seed, **options),
-        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed, **options),
-        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed, **options),
+        "random": lambda s: optuna.samplers.RandomSampler(seed=s, **options),
+        "grid": lambda s: optuna.samplers.GridSampler(grid_points(spec), seed=s, **options),
+        "cmaes": lambda s: optuna.samplers.CmaEsSampler(seed=s, **options),
+        "nsga2": lambda s: optuna.samplers.NSGAIISampler(seed=s, **options),
     }
     if name not in factories:
         raise SpecError(f"study.sampler: unknown sampler {name!r}; valid: {', '.join(factories)}")
     try:
-        return factories[name]()
+        return TrialSeededSampler(factories[name], seed)
     except TypeError as exc:
         raise SpecError(f"study.sampler_options: {exc}") from exc
+
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """A sampler made afresh for each trial with seed ``seed + trial.number``.
+
+    Optuna's samplers keep their state in the study's storage (TPE, random and grid keep none
+    besides their random generator; CMA-ES and NSGA-II restore theirs from trial attributes), so
+    a fresh instance per trial loses nothing, and trial numbers are unique across processes.
+    """
+
+    def __init__(self, factory, seed: int) -> None:
+        self._factory, self._seed = factory, seed
+        self._inner = factory(seed)
+
+    @property
+    def inner(self) -> optuna.samplers.BaseSampler:
+        return self._inner
+
+    def before_trial(self, study, trial) -> None:
+        self._inner = self._factory(self._seed + trial.number)
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._inner.reseed_rng()
 
 
 def grid_points(spec: ExperimentSpec) -> dict[str, list]:
@@ -98,20 +135,28 @@ def open_storage(url: str, heartbeat_s: int = 15, retries: int = 1) -> optuna.st
     """RDB storage (SQLite or PostgreSQL) with heartbeats: a trial whose worker died (SIGKILL,
     a lost machine) is marked FAILED once its heartbeat is older than the grace period, and
     re-queued with the same parameters up to ``retries`` times."""
-    engine_kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # WAL lets readers (optuna-dashboard, other workers) in while a trial writes; it persists
-        # in the file. A generous busy timeout rides out short write locks.
-        with sqlite3.connect(path) as connection:
-            connection.execute("PRAGMA journal_mode=WAL")
-        engine_kwargs = {"connect_args": {"timeout": 60}}
+    import contextlib
     import warnings
 
-    with warnings.catch_warnings():
+    from workbench.tracking import check_sqlite_file, root_lock
+
+    engine_kwargs: dict[str, Any] = {}
+    where, lock = f"tracking.optuna_storage: {_redact(url)}", contextlib.nullcontext()
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        where = f"the Optuna database {path}"
+        check_sqlite_file(path, "Optuna")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = root_lock(path.parent)  # two first commands must not both create the schema
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    with lock, warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
+            if url.startswith("sqlite:///"):
+                # WAL lets readers (optuna-dashboard, other workers) in while a trial writes; it
+                # persists in the file. A generous busy timeout rides out short write locks.
+                with sqlite3.connect(path, timeout=60) as connection:
+                    connection.execute("PRAGMA journal_mode=WAL")
             return optuna.storages.RDBStorage(
                 url,
                 engine_kwargs=engine_kwargs,
@@ -122,9 +167,9 @@ def open_storage(url: str, heartbeat_s: int = 15, retries: int = 1) -> optuna.st
                 ),
             )
         except Exception as exc:  # sqlalchemy's errors: bad URL, refused connection, no driver
+            text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
             raise ConnectionError(
-                f"tracking.optuna_storage: cannot open {_redact(url)}: {type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:300]}"
+                f"{where}: cannot be opened: {type(exc).__name__}: {text}"
             ) from exc
 
 

@@ -150,6 +150,71 @@ def test_csv_loader_names_what_is_wrong(tmp_path: Path):
         build_data("csv", path=str(path), seed=0)
 
 
+def _table(path: Path, rows: list[str]) -> str:
+    path.write_text("\n".join(["a,b,label", *rows]) + "\n")
+    return str(path)
+
+
+def _good_rows(n: int = 40) -> list[str]:
+    return [f"{i},{i % 3},{'yes' if i % 2 else 'no'}" for i in range(n)]
+
+
+def test_csv_empty_labels_are_rejected_not_made_a_class(tmp_path: Path):
+    rows = _good_rows()
+    for row in (3, 8, 16):  # data rows 4, 9 and 17, counting the first data row as 1
+        rows[row] = rows[row].rsplit(",", 1)[0] + ","
+    path = _table(tmp_path / "labels.csv", rows)
+    with pytest.raises(ValueError) as error:
+        build_data("csv", path=path, seed=0)
+    message = str(error.value)
+    assert message.startswith(f"data.path: {path}: ")
+    assert "column 'label' has 3 empty values (data rows 4, 9, 17)" in message
+    assert "drop or fill them" in message
+
+
+def test_csv_empty_or_infinite_features_are_rejected_naming_each_column(tmp_path: Path):
+    rows = _good_rows()
+    rows[0] = ",0,no"  # an empty feature
+    rows[5] = "5,inf,yes"
+    rows[6] = "6,-inf,no"
+    rows[7] = ",nan,yes"  # two columns in one row
+    rows[9] = "9,1e39,yes"  # finite, but infinite as the float32 the model sees
+    path = _table(tmp_path / "features.csv", rows)
+    with pytest.raises(ValueError) as error:
+        build_data("csv", path=path, seed=0)
+    message = str(error.value)
+    assert "column 'a' has 2 empty values (data rows 1, 8)" in message
+    both = "column 'b' has 1 empty value (data row 8) and 3 infinite values (data rows 6, 7, 10)"
+    assert both in message
+    assert "5 of 40 rows affected" in message
+
+
+def test_csv_long_lists_of_bad_rows_are_shortened(tmp_path: Path):
+    rows = [f"{i},,{i % 2}" for i in range(30)]
+    path = _table(tmp_path / "many.csv", rows)
+    with pytest.raises(
+        ValueError,
+        match=r"column 'b' has 30 empty values \(data rows 1, 2, 3, 4, "
+        r"5, \.\.\. 30\)",
+    ):
+        build_data("csv", path=path, seed=0)
+
+
+def test_csv_needs_rows_and_two_classes(tmp_path: Path):
+    path = _table(tmp_path / "header_only.csv", [])
+    with pytest.raises(ValueError, match=r"data.path: .*header_only.csv has no data rows"):
+        build_data("csv", path=path, seed=0)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(ValueError, match=r"data.path: .*empty.csv is empty"):
+        build_data("csv", path=str(empty), seed=0)
+    path = _table(tmp_path / "one_class.csv", [f"{i},{i},yes" for i in range(30)])
+    with pytest.raises(
+        ValueError, match=r"column 'label' .* holds a single class \('yes'\); .* at least two"
+    ):
+        build_data("csv", path=path, seed=0)
+
+
 # --- sequences --------------------------------------------------------------------------------
 def test_sequential_mnist_reads_rows_as_time_steps():
     data = build_data("sequential_mnist", seed=0, max_samples=200)

@@ -67,7 +67,12 @@ def wine(**options) -> TabularDataModule:
 
 @register_data("csv")
 def csv(path: str | None = None, target: str = "label", **options) -> TabularDataModule:
-    """A CSV file with a header: numeric feature columns and a ``target`` column of class labels."""
+    """A CSV file with a header: numeric feature columns and a ``target`` column of class labels.
+
+    The table is checked here, before any training or tracking: empty labels (which would become
+    a class of their own), empty or infinite features (which make every trial's loss NaN), a file
+    without rows and a target with a single class are errors that name the column and the rows.
+    """
     import pandas as pd
 
     if path is None:
@@ -75,18 +80,72 @@ def csv(path: str | None = None, target: str = "label", **options) -> TabularDat
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"data.path: file not found: {file}")
-    frame = pd.read_csv(file)
+    try:
+        frame = pd.read_csv(file)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"data.path: {file} is empty; it needs a header and rows") from None
     if target not in frame.columns:
         raise ValueError(
             f"data.options.target: column {target!r} not in {file}; columns: {list(frame.columns)}"
         )
+    if frame.empty:
+        raise ValueError(f"data.path: {file} has no data rows, only the header")
     features = frame.drop(columns=[target])
     non_numeric = [c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
     if non_numeric:
         raise ValueError(f"data.path: {file} has non-numeric feature columns {non_numeric}")
+    _check_values(file, frame, features, target)
     classes, labels = np.unique(frame[target].to_numpy(), return_inverse=True)
+    if len(classes) < 2:
+        raise ValueError(
+            f"data.options.target: column {target!r} of {file} holds a single class "
+            f"({str(classes[0])!r}); classification needs at least two"
+        )
 
     def load() -> LoadResult:
         return (features.to_numpy(np.float32), labels.astype(np.int64)), None
 
     return TabularDataModule(load, list(features.columns), [str(c) for c in classes], **options)
+
+
+def _rows(mask: np.ndarray, shown: int = 5) -> str:
+    """Data rows (1 = the first row after the header) where ``mask`` holds, the first few."""
+    rows = (np.flatnonzero(mask) + 1).tolist()
+    listed = ", ".join(str(r) for r in rows[:shown])
+    if len(rows) > shown:
+        listed += f", ... {rows[-1]}"
+    return f"data row{'s' if len(rows) > 1 else ''} {listed}"
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what} value{'s' if n != 1 else ''}"
+
+
+def _check_values(file: Path, frame, features, target: str) -> None:
+    """Raise naming every column with empty labels, or empty or infinite features."""
+    problems, affected = [], np.zeros(len(frame), dtype=bool)
+    empty_labels = frame[target].isna().to_numpy()
+    if empty_labels.any():
+        problems.append(
+            f"column {target!r} has {_count(int(empty_labels.sum()), 'empty')} "
+            f"({_rows(empty_labels)})"
+        )
+        affected |= empty_labels
+    for column in features.columns:
+        values = features[column].to_numpy(np.float64)
+        empty, infinite = np.isnan(values), np.isinf(values)
+        # float32 is what the model sees: a finite float64 beyond its range becomes inf.
+        infinite |= np.isfinite(values) & (np.abs(values) > np.finfo(np.float32).max)
+        found = [
+            f"{_count(int(mask.sum()), kind)} ({_rows(mask)})"
+            for mask, kind in ((empty, "empty"), (infinite, "infinite"))
+            if mask.any()
+        ]
+        if found:
+            problems.append(f"column {column!r} has {' and '.join(found)}")
+            affected |= empty | infinite
+    if problems:
+        raise ValueError(
+            f"data.path: {file}: {'; '.join(problems)} ({int(affected.sum())} of {len(frame)} "
+            "rows affected); drop or fill them"
+        )

@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import EXPERIMENTS, tiny
+from workbench import cli
 
 WORKBENCH = [sys.executable, "-m", "workbench.cli"]
 
@@ -51,3 +54,64 @@ def test_study_on_a_csv_with_empty_labels_exits_2_before_opening_a_store(tmp_pat
     expected = f"data.path: {table}: column 'label' has 3 empty values (data rows 5, 25, 45)"
     assert f"workbench: error: {expected}" in done.stderr
     assert not root.exists(), sorted(str(p) for p in root.rglob("*"))
+
+
+# --- 3. numbers out of range ------------------------------------------------------------------
+SPEC = str(EXPERIMENTS / "mnist_cnn.yaml")
+PORT = "must be a port number from 1 to 65535"
+OUT_OF_RANGE = [
+    (["study", SPEC, "--trials", "0"], "--trials", "must be >= 1, got 0"),
+    (["study", SPEC, "--trials", "-3"], "--trials", "must be >= 1"),
+    (["study", SPEC, "--trials", "two"], "--trials", "must be a whole number >= 1, got 'two'"),
+    (["study", SPEC, "--workers", "0"], "--workers", "must be >= 1"),
+    (["explain", "abc", "--n", "0"], "--n", "must be >= 1"),
+    (["explain", "abc", "--background", "0"], "--background", "must be >= 1"),
+    (["explain", "abc", "--lime-samples", "-1"], "--lime-samples", "must be >= 1"),
+    (["compress", SPEC, "--distill-epochs", "0"], "--distill-epochs", "must be >= 1"),
+    (["compress", SPEC, "--finetune-epochs", "-1"], "--finetune-epochs", "must be >= 0"),
+    (["ui", "--mlflow-port", "0"], "--mlflow-port", f"{PORT}, got 0"),
+    (["ui", "--dashboard-port", "65536"], "--dashboard-port", f"{PORT}, got 65536"),
+    (["serve", "models:/m@champion", "--port", "-1"], "--port", f"{PORT}, got -1"),
+    (["serve", "models:/m@champion", "--port", "http"], "--port", f"{PORT}, got 'http'"),
+]
+
+
+@pytest.fixture
+def handlers_must_not_run(monkeypatch):
+    """Replace the command handlers: argparse must refuse the arguments before any runs."""
+    called = []
+    for name in ("_study", "_ui", "_explain", "_compress", "_export", "_serve", "_predict"):
+        monkeypatch.setattr(cli, name, lambda args, name=name: called.append((name, args)) or 0)
+    return called
+
+
+@pytest.mark.parametrize(("argv", "flag", "why"), OUT_OF_RANGE)
+def test_numeric_arguments_out_of_range_fail_in_argparse(
+    argv, flag, why, handlers_must_not_run, capsys
+):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert f"error: argument {flag}: {why}" in error
+    assert handlers_must_not_run == []
+
+
+def test_numeric_arguments_at_their_bounds_are_accepted(handlers_must_not_run):
+    assert cli.main(["compress", SPEC, "--finetune-epochs", "0", "--distill-epochs", "1"]) == 0
+    assert cli.main(["ui", "--mlflow-port", "1", "--dashboard-port", "65535"]) == 0
+    assert cli.main(["study", SPEC, "--trials", "1", "--workers", "1"]) == 0
+    assert cli.main(["explain", "r", "--n", "1", "--background", "1", "--lime-samples", "1"]) == 0
+    args = [a for _, a in handlers_must_not_run]
+    assert (args[0].finetune_epochs, args[0].distill_epochs) == (0, 1)
+    assert (args[1].mlflow_port, args[1].dashboard_port) == (1, 65535)
+    assert (args[2].trials, args[2].workers) == (1, 1)
+    assert (args[3].n, args[3].background, args[3].lime_samples) == (1, 1, 1)
+
+
+def test_out_of_range_trials_exit_2_from_the_command_and_store_nothing(tmp_path: Path):
+    root = tmp_path / "mlruns"
+    done = _run(["study", SPEC, "--trials", "0", "--set", f"tracking.root={root}"], tmp_path, 60)
+    assert done.returncode == 2
+    assert "workbench study: error: argument --trials: must be >= 1, got 0" in done.stderr
+    assert not root.exists()

@@ -13,6 +13,36 @@ import time
 from pathlib import Path
 
 
+def _at_least(minimum: int):
+    """An argparse ``type``: a whole number >= ``minimum``; the error names the flag."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be a whole number >= {minimum}, got {text!r}"
+            ) from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return whole_number
+
+
+def _port(text: str) -> int:
+    """An argparse ``type``: a TCP port, 1..65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a port number from 1 to 65535, got {text!r}"
+        ) from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -20,9 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     study = commands.add_parser("study", help="run (or resume) the Optuna study a spec defines")
     study.add_argument("spec", help="experiment spec, e.g. experiments/mnist_cnn.yaml")
     study.add_argument(
-        "--trials", type=int, help="total finished trials to reach (default: the spec's)"
+        "--trials", type=_at_least(1), help="total finished trials to reach (default: the spec's)"
     )
-    study.add_argument("--workers", type=int, help="worker processes on this machine (default: 1)")
+    study.add_argument(
+        "--workers", type=_at_least(1), help="worker processes on this machine (default: 1)"
+    )
     study.add_argument(
         "--set",
         dest="overrides",
@@ -35,29 +67,31 @@ def main(argv: list[str] | None = None) -> int:
     ui = commands.add_parser("ui", help="serve the MLflow UI and optuna-dashboard over one mlruns/")
     ui.add_argument("--root", default="mlruns", help="the workbench store (default: mlruns)")
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1 only)")
-    ui.add_argument("--mlflow-port", type=int, default=5000)
-    ui.add_argument("--dashboard-port", type=int, default=8080)
+    ui.add_argument("--mlflow-port", type=_port, default=5000)
+    ui.add_argument("--dashboard-port", type=_port, default=8080)
 
     explain = commands.add_parser(
         "explain", help="SHAP + LIME for a trial run's model, with trust metrics, logged to it"
     )
     explain.add_argument("run_id", help="the MLflow run id of a trial (see the MLflow UI)")
     explain.add_argument("--root", default="mlruns", help="the workbench store (default: mlruns)")
-    explain.add_argument("--n", type=int, default=20, help="test inputs to explain (default: 20)")
+    explain.add_argument(
+        "--n", type=_at_least(1), default=20, help="test inputs to explain (default: 20)"
+    )
     explain.add_argument("--methods", default="shap,lime", help="shap, lime or both (default)")
     explain.add_argument(
         "--shap", default="gradient", choices=["gradient", "deep", "kernel"], help="SHAP explainer"
     )
-    explain.add_argument("--background", type=int, default=64, help="SHAP background size")
-    explain.add_argument("--lime-samples", type=int, default=1000)
+    explain.add_argument("--background", type=_at_least(1), default=64, help="SHAP background size")
+    explain.add_argument("--lime-samples", type=_at_least(1), default=1000)
 
     compress = commands.add_parser("compress", help="prune, quantize and distil a study's best CNN")
     compress.add_argument("spec")
     compress.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE"
     )
-    compress.add_argument("--distill-epochs", type=int, default=10)
-    compress.add_argument("--finetune-epochs", type=int, default=2)
+    compress.add_argument("--distill-epochs", type=_at_least(1), default=10)
+    compress.add_argument("--finetune-epochs", type=_at_least(0), default=2)
 
     export = commands.add_parser(
         "export", help="export a study's best model to TorchScript and ONNX"
@@ -70,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("model_uri", help="e.g. models:/mnist_cnn@champion or runs:/<run id>/model")
     serve.add_argument("--root", default="mlruns", help="the workbench store (default: mlruns)")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1 only)")
-    serve.add_argument("--port", type=int, default=5001)
+    serve.add_argument("--port", type=_port, default=5001)
 
     predict = commands.add_parser("predict", help="send inputs (.npy or .json) to a served model")
     predict.add_argument("inputs", help="a .npy array or a JSON list, shaped like the model input")

@@ -8,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import EXPERIMENTS, tiny
+from tests.servers import free_port
 from workbench import cli
 
 WORKBENCH = [sys.executable, "-m", "workbench.cli"]
@@ -115,3 +117,15 @@ def test_out_of_range_trials_exit_2_from_the_command_and_store_nothing(tmp_path:
     assert done.returncode == 2
     assert "workbench study: error: argument --trials: must be >= 1, got 0" in done.stderr
     assert not root.exists()
+
+
+# --- 5. a server that is not there ------------------------------------------------------------
+def test_predict_against_a_dead_url_names_it_without_a_traceback(tmp_path: Path):
+    inputs = tmp_path / "inputs.npy"
+    np.save(inputs, np.zeros((2, 1, 8, 8), np.float32))
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    done = _run(["predict", str(inputs), "--url", url], tmp_path, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"workbench: cannot reach a model server at {url}" in done.stderr
+    assert "workbench serve" in done.stderr

@@ -285,6 +285,14 @@ def _predict(args: argparse.Namespace) -> int:
     except PredictionError as error:
         print(f"workbench: the server refused the request: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # refused, unknown host, timed out (urllib's URLError is an OSError)
+        reason = getattr(error, "reason", None) or error
+        print(
+            f"workbench: cannot reach a model server at {args.url}: {reason}; "
+            "is `workbench serve` running there?",
+            file=sys.stderr,
+        )
+        return 1
     print(json.dumps({"predictions": outputs.tolist(), "classes": outputs.argmax(-1).tolist()}))
     return 0
 

@@ -58,6 +58,26 @@ def test_study_on_a_csv_with_empty_labels_exits_2_before_opening_a_store(tmp_pat
     assert not root.exists(), sorted(str(p) for p in root.rglob("*"))
 
 
+# --- 2. a study where every trial failed ------------------------------------------------------
+def test_study_where_every_trial_failed_exits_1_with_the_reasons(tmp_path: Path):
+    root = tmp_path / "mlruns"
+    # A learning rate of 1e30 (with AdamW's weight decay) overflows the weights in a step or two:
+    # every trial's loss becomes NaN and the trial is recorded FAILED.
+    diverge = {"search_space.lr": "{type: float, low: 1.0e+30, high: 1.0e+31, log: true}"}
+    done = _run(_table_study(root, diverge), tmp_path)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "0 complete, 0 pruned" in done.stdout
+    assert "no trial of study 'breast_cancer_mlp' finished" in done.stderr
+    # One line per reason, with its count: the MLflow run's end reason of each failed trial.
+    lines = [line.strip() for line in done.stderr.splitlines() if "× FloatingPointError" in line]
+    assert lines, done.stderr[-3000:]
+    counts = [int(line.split(" × ")[0]) for line in lines]
+    failed = int(done.stdout.split(" pruned, ")[1].split(" failed")[0])
+    assert sum(counts) == failed >= 1
+    assert all("train/loss became nan" in line for line in lines)
+    assert "registered model" not in done.stdout
+
+
 # --- 3. numbers out of range ------------------------------------------------------------------
 SPEC = str(EXPERIMENTS / "mnist_cnn.yaml")
 PORT = "must be a port number from 1 to 65535"

@@ -4,8 +4,11 @@ range, a SIGTERM to `workbench ui`, a server that is not there."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +140,105 @@ def test_out_of_range_trials_exit_2_from_the_command_and_store_nothing(tmp_path:
     assert done.returncode == 2
     assert "workbench study: error: argument --trials: must be >= 1, got 0" in done.stderr
     assert not root.exists()
+
+
+# --- 4. SIGTERM to `workbench ui` -------------------------------------------------------------
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _group_members(psutil, groups: set[int]) -> list:
+    members = []
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) in groups and _alive(process.pid):
+                members.append(process)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+    return members
+
+
+def _command(process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except Exception:  # it ended meanwhile
+        return f"pid {process.pid}"
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_to_workbench_ui_stops_both_servers(tmp_path: Path, signum):
+    psutil = pytest.importorskip("psutil")
+    from workbench.study import run_study
+
+    root = tmp_path / "mlruns"
+    run_study(
+        EXPERIMENTS / "digits_cnn.yaml",
+        trials=1,
+        overrides=tiny(root, **{"explain.enabled": False, "data.max_samples": 200}),
+    )
+    mlflow_port, dashboard_port = free_port(), free_port()
+    log = (tmp_path / "ui.log").open("w+b")
+    ui = subprocess.Popen(
+        [
+            *WORKBENCH,
+            "ui",
+            "--root",
+            str(root),
+            "--mlflow-port",
+            str(mlflow_port),
+            "--dashboard-port",
+            str(dashboard_port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    tree, groups = [], set()
+    try:
+        deadline = time.time() + 120
+        urls = [f"http://127.0.0.1:{mlflow_port}/", f"http://127.0.0.1:{dashboard_port}/"]
+        while not all(_answers(url) for url in urls):
+            assert ui.poll() is None, log.seek(0) or log.read().decode(errors="replace")
+            assert time.time() < deadline, "the UI servers did not answer within 120 s"
+            time.sleep(0.5)
+        tree = psutil.Process(ui.pid).children(recursive=True)
+        commands = [_command(p) for p in tree]
+        for port in (mlflow_port, dashboard_port):
+            assert any(str(port) in command for command in commands), commands
+        # Also whatever the servers spawn later in their process groups (MLflow's job consumers).
+        groups = {os.getpgid(p.pid) for p in tree} - {os.getpgid(0)}
+
+        ui.send_signal(signum)
+        ui.wait(timeout=30)
+        deadline = time.time() + 30
+        while time.time() < deadline and (
+            any(_alive(p.pid) for p in tree) or _group_members(psutil, groups)
+        ):
+            time.sleep(0.2)
+        left = [_command(p) for p in [*tree, *_group_members(psutil, groups)] if _alive(p.pid)]
+        assert not left, f"still running after {signum.name}: {left}"
+        assert not any(_answers(url) for url in urls)
+    finally:
+        for process in [*tree, *_group_members(psutil, groups)]:
+            if _alive(process.pid):
+                process.kill()
+        if ui.poll() is None:
+            ui.kill()
+        log.close()
 
 
 # --- 5. a server that is not there ------------------------------------------------------------

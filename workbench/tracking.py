@@ -53,6 +53,8 @@ def open_store(root: str | Path, experiment: str, tracking_uri: str | None = Non
     if uri.startswith("sqlite:///"):
         where = f"the MLflow database {uri.removeprefix('sqlite:///')}"
         check_sqlite_file(Path(uri.removeprefix("sqlite:///")), "MLflow")
+    elif uri.startswith(("http://", "https://")):
+        _check_server(uri)  # MLflow's client would retry a dead server for minutes
     mlflow.set_tracking_uri(uri)
     try:
         with root_lock(root):
@@ -79,6 +81,20 @@ def check_sqlite_file(path: Path, kind: str) -> None:
                 f"{path}: not an SQLite database (the {kind} store is corrupt or was replaced); "
                 "restore it from a backup or point tracking.root elsewhere"
             )
+
+
+def _check_server(uri: str, timeout_s: float = 10) -> None:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+            pass
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConnectionError(
+            f"tracking.mlflow_uri: no MLflow tracking server answers at {uri} ({reason})"
+        ) from exc
 
 
 @contextlib.contextmanager

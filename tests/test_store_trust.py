@@ -320,3 +320,11 @@ def test_a_truncated_checkpoint_is_named(tmp_path: Path, demo_store: Path):
     broken.write_bytes(source.read_bytes()[:1000])
     with pytest.raises(ValueError, match=str(broken)):
         load_module(broken, "cnn")
+
+
+def test_trials_that_fail_on_their_own_are_not_run_again(tmp_path: Path):
+    overrides = _overrides(tmp_path / "mlruns", search_space="{}", **{"model.params.lr": "1.0e+30"})
+    result = run_study(EXPERIMENTS / "breast_cancer_mlp.yaml", trials=2, overrides=overrides)
+    states = [t.state for t in result.load_study().trials]
+    assert states == [optuna.trial.TrialState.FAIL] * 2  # was 4: the failures were re-run
+    assert result.n_complete == 0 and result.registered_model is None

@@ -110,6 +110,17 @@ def model_arguments(name: str) -> set[str]:
     return constructor_arguments(name) - DATA_PROVIDED_ARGS
 
 
+def model_argument_types(name: str) -> dict[str, Any]:
+    """The annotated type of each constructor argument of ``name`` (where it has one)."""
+    import typing
+
+    try:
+        hints = typing.get_type_hints(model_class(name).__init__)
+    except Exception:  # an annotation that cannot be resolved: no types, no conversion
+        return {}
+    return {k: v for k, v in hints.items() if k != "return"}
+
+
 def required_model_arguments(name: str) -> set[str]:
     """Hyperparameters of ``name`` that have no default, so a spec must set them."""
     params = inspect.signature(model_class(name).__init__).parameters

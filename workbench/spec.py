@@ -401,12 +401,18 @@ def _check_against_registry(spec: ExperimentSpec) -> None:
 
     registry.data_factory(spec.data.name)  # raises naming the valid ones
     valid = registry.model_arguments(spec.model.name)
-    for key in spec.model.params:
+    types_ = registry.model_argument_types(spec.model.name)
+    for key, value in spec.model.params.items():
         _require(
             key in valid,
             f"model.params.{key}",
             f"not an argument of {spec.model.name!r}; valid: {', '.join(sorted(valid))}",
         )
+        hint = types_.get(key)
+        plain = typing.get_args(hint) or (hint,)
+        if hint is not None and all(t in (int, float, bool, str, type(None)) for t in plain):
+            # YAML 1.1 reads 1e-3 as a string: the constructor's own types decide.
+            spec.model.params[key] = _convert(hint, value, f"model.params.{key}")
     for key in sorted(registry.required_model_arguments(spec.model.name)):
         _require(
             key in spec.model.params or key in spec.search_space,

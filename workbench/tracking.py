@@ -250,6 +250,27 @@ def register_model(
     return int(version.version)
 
 
+def claim_registered_model(store: Store, name: str, study: str) -> None:
+    """Refuse to let ``study`` move the aliases of a registered model another study owns; a
+    model registered by no study yet is claimed for ``study`` (a tag on the registered model)."""
+    from mlflow.exceptions import MlflowException
+
+    client = store.client
+    try:
+        owner = client.get_registered_model(name).tags.get(STUDY)
+    except MlflowException:  # not registered yet
+        client.create_registered_model(name, tags={STUDY: study})
+        return
+    if owner is None:
+        client.set_registered_model_tag(name, STUDY, study)
+    elif owner != study:
+        raise ValueError(
+            f"tracking.register_as: the registered model {name!r} belongs to study {owner!r}; "
+            f"study {study!r} would move its @champion. Register under another name "
+            f"(--set tracking.register_as=...)."
+        )
+
+
 def load_model(model_uri: str):
     """Load a logged network back (``models:/name@alias``, ``models:/m-…`` or ``runs:/…``).
 

@@ -68,6 +68,7 @@ def run_study(
     store = tracking.open_store(
         spec.tracking.root, spec.tracking.experiment, spec.tracking.mlflow_uri
     )
+    tracking.claim_registered_model(store, spec.tracking.register_as or spec.name, spec.name)
     study, parent = recovery.open_linked(
         spec,
         storage,
@@ -94,14 +95,12 @@ def run_study(
                 helper.join()
             if any(helper.exitcode != 0 for helper in helpers):
                 raise RuntimeError("a worker process failed; re-run the same command to resume")
-            # A trial counted as running elsewhere can still fail, or belong to a process that
-            # died before its heartbeat expired: what is missing is run here.
-            missing = max(
-                spec.study.trials - _finished(study),
-                _count(study, optuna.trial.TrialState.WAITING),
-            )
-            if missing > 0:
-                _optimize(spec, study, data, store, parent, missing, count_running=False)
+            # A worker that died mid-trial left it to be retried; trials that failed on their
+            # own (a diverged loss) are not run again.
+            recovery.recover(study, store, parent)
+            retries = _count(study, optuna.trial.TrialState.WAITING)
+            if retries > 0:
+                _optimize(spec, study, data, store, parent, retries, count_running=False)
     except KeyboardInterrupt:
         _stop_workers(helpers)
         tracking.end_run(store, parent, "KILLED", "interrupted; re-run the same command to resume")

@@ -87,7 +87,9 @@ def open_linked(
             study.set_user_attr(PARENT_RUN, parent)
             return study, parent
         tags = tracking.run_tags(store, parent)
-        if uid is None and linked is None and STUDY_UID not in tags:
+        if linked is None and uid is not None and tags.get(STUDY_UID) == uid:
+            study.set_user_attr(PARENT_RUN, parent)  # the first command died while linking
+        elif uid is None and linked is None and STUDY_UID not in tags:
             # A study made before the stores were linked: link them now.
             uid = uuid.uuid4().hex
             tracking.set_tags(store, parent, {STUDY_UID: uid})

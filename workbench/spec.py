@@ -209,6 +209,7 @@ class ExplainSpec:
         _require(self.n_images >= 1, "explain.n_images", "must be >= 1")
         _require(self.background >= 1, "explain.background", "must be >= 1")
         _require(self.lime_samples >= 10, "explain.lime_samples", "must be >= 10")
+        _require(self.shap_samples >= 1, "explain.shap_samples", "must be >= 1")
 
 
 @dataclass
@@ -254,6 +255,7 @@ class ExperimentSpec:
 
     def check(self) -> None:
         check_name(self.name, "name")
+        _require(0 <= self.seed < 2**32, "seed", f"must be in [0, 2**32); got {self.seed}")
         check_name(self.tracking.experiment, "tracking.experiment")
         if self.tracking.register_as is not None:
             check_name(self.tracking.register_as, "tracking.register_as")
@@ -293,7 +295,12 @@ def load_spec(
         apply_override(raw, item)
     spec = _build(ExperimentSpec, raw, "")
     spec.check()
-    _check_against_registry(spec)
+    from workbench.registry import UnknownNameError
+
+    try:
+        _check_against_registry(spec)
+    except UnknownNameError as exc:
+        raise SpecError(str(exc)) from exc
     return spec
 
 

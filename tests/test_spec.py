@@ -78,7 +78,7 @@ def test_bad_fields_are_named(tmp_path: Path, override: str, field: str):
 
 
 def test_wrong_architecture_lists_the_valid_ones(tmp_path: Path):
-    with pytest.raises(LookupError, match="valid: .*cnn"):
+    with pytest.raises(SpecError, match="^model.name: .*valid: .*cnn"):
         load_spec(_write(tmp_path, BASE), ["model.name=nope"])
 
 

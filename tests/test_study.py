@@ -121,7 +121,11 @@ def test_resume_runs_only_the_missing_trials_in_the_same_parent(tmp_path: Path):
     third = run_study(SPEC, trials=2, overrides=overrides)  # already there: nothing to run
     assert third.n_complete == 2 and len(_children(third)) == 2
     # The registry keeps one version per best-model change, not one per invocation.
-    assert third.registered_version >= 1
+    assert third.registered_version == second.registered_version
+    assert third.best_run_id == second.best_run_id
+    versions = MlflowClient(third.tracking_uri).search_model_versions("name = 'mnist_cnn'")
+    champions = {first.best_run_id, second.best_run_id}
+    assert sorted(v.run_id for v in versions) == sorted(champions)
 
 
 def test_pruned_trials_end_killed_not_failed(tmp_path: Path):

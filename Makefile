@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 TRIALS  ?=
 
-.PHONY: demo test test-all bench lint format ui lab clean-venv
+.PHONY: demo test bench lint format ui lab clean-venv
 
 # The environment: a venv with the package and the exact versions in requirements.lock.
 # torch is pinned to 2.13.0, which this machine's pip takes as a CPU wheel from local disk.

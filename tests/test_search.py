@@ -70,6 +70,8 @@ def test_multi_objective_study_draws_its_pareto_front(tmp_path: Path):
             "study.pruner": "none",
             "study.pruner_options": "{}",
             "study.extra_objectives": "{params/count: minimize}",
+            # Three widths, three random draws: repeats are likely and this test wants 3 trials.
+            "study.allow_repeats": True,
             "search_space": "{width: {type: categorical, choices: [4, 8, 16]}}",
             "explain.enabled": False,
         },
@@ -110,24 +112,34 @@ def test_single_objective_summary_holds_optunas_plots_and_the_champion(tmp_path:
     assert client.get_run(result.parent_run_id).data.metrics["trials/complete"] == 3
 
 
-def _first_params(overrides: list[str], worker: int = 0) -> dict:
+def _trial_params(overrides: list[str], number: int = 0, study=None) -> dict:
+    """The parameters the spec's sampler draws for trial ``number`` of a study."""
     import optuna
 
     from workbench.spec import load_spec
     from workbench.study.config import make_sampler, sample_params
 
     spec = load_spec(SPEC, overrides)
-    study = optuna.create_study(sampler=make_sampler(spec, worker), direction="maximize")
-    return sample_params(spec.search_space, study.ask())
+    if study is None:
+        study = optuna.create_study(sampler=make_sampler(spec), direction="maximize")
+    while True:
+        trial = study.ask()
+        params = sample_params(spec.search_space, trial)
+        if trial.number == number:
+            return params
+        study.tell(trial, 0.5)
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "random"])
-def test_sampler_seed_option_and_worker_offsets(sampler: str):
+def test_sampler_seed_option_and_per_trial_seeds(sampler: str):
     base = [f"study.sampler={sampler}"]
-    assert _first_params(base) == _first_params([*base, "seed=42"])  # the spec seed by default
+    assert _trial_params(base) == _trial_params([*base, "seed=42"])  # the spec seed by default
     seeded = [*base, "study.sampler_options={seed: 7}"]
-    assert _first_params(seeded) == _first_params(seeded)
-    assert _first_params(seeded) != _first_params(base)
-    assert _first_params(seeded, worker=1) != _first_params(seeded)  # workers draw differently
+    assert _trial_params(seeded) == _trial_params(seeded)
+    assert _trial_params(seeded) != _trial_params(base)
+    # Each trial is drawn with seed + its number: trial 1 differs from trial 0, and is the same
+    # whichever process (a fresh sampler, as after a resume) draws it.
+    assert _trial_params(seeded, 1) != _trial_params(seeded, 0)
+    assert _trial_params(seeded, 1) == _trial_params(seeded, 1)
     with pytest.raises(SpecError, match="study.sampler_options.seed: must be an integer"):
-        _first_params([*base, "study.sampler_options={seed: abc}"])
+        _trial_params([*base, "study.sampler_options={seed: abc}"])

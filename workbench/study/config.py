@@ -41,6 +41,8 @@ def make_sampler(spec: ExperimentSpec) -> optuna.samplers.BaseSampler:
     if name not in factories:
         raise SpecError(f"study.sampler: unknown sampler {name!r}; valid: {', '.join(factories)}")
     try:
+        if name == "grid":  # the grid's order is fixed by its seed; trials take it by number
+            return factories[name](seed)
         return TrialSeededSampler(factories[name], seed)
     except TypeError as exc:
         raise SpecError(f"study.sampler_options: {exc}") from exc

@@ -233,11 +233,12 @@ RACE = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    start = float(sys.argv[2])
     from workbench import tracking
     from workbench.study.config import open_storage
-    time.sleep(max(0.0, start - time.time()))
-    root = Path(sys.argv[1])
+    root, me, other = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+    me.touch()
+    while not other.exists():  # both have imported: go at the same moment
+        time.sleep(0.001)
     open_storage(f"sqlite:///{root / 'optuna.db'}")
     tracking.open_store(root, "workbench")
     """
@@ -245,16 +246,16 @@ RACE = textwrap.dedent(
 
 
 def test_two_first_commands_on_a_fresh_store_both_open_it(tmp_path: Path):
-    for attempt in range(3):
+    for attempt in range(2):
         root = tmp_path / f"fresh{attempt}"
-        start = time.time() + 8  # both processes have imported by then
+        ready = [tmp_path / f"ready{attempt}-{i}" for i in range(2)]
         processes = [
             subprocess.Popen(
-                [sys.executable, "-c", RACE, str(root), str(start)],
+                [sys.executable, "-c", RACE, str(root), str(ready[i]), str(ready[1 - i])],
                 stderr=subprocess.PIPE,
                 text=True,
             )
-            for _ in range(2)
+            for i in range(2)
         ]
         for process in processes:
             _, err = process.communicate(timeout=120)

@@ -166,43 +166,20 @@ def _study(args: argparse.Namespace) -> int:
 
 def _any_trial_finished(result) -> bool:
     """True if the study holds a complete or pruned trial; if not, say why its trials failed."""
-    from collections import Counter
-
-    import optuna
-
-    trials = result.load_study().get_trials(deepcopy=False)
-    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    if any(t.state in finished for t in trials):
+    if result.n_complete + result.n_pruned > 0:
         return True
-    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
-    reasons = Counter(_fail_reason(result.tracking_uri, t) for t in failed)
     print(
         f"workbench: error: no trial of study {result.study_name!r} finished "
-        f"({len(failed)} failed of {len(trials)}); no model was trained or registered. "
+        f"({result.n_failed} failed); no model was trained or registered. "
         "Why the trials failed:",
         file=sys.stderr,
     )
-    for reason, count in reasons.most_common(10):
+    reasons = sorted(result.failures.items(), key=lambda item: -item[1])
+    for reason, count in reasons[:10]:
         print(f"  {count} × {reason}", file=sys.stderr)
     if len(reasons) > 10:
         print(f"  ... and {len(reasons) - 10} other reasons", file=sys.stderr)
     return False
-
-
-def _fail_reason(tracking_uri: str, trial) -> str:
-    """The end reason the trial's MLflow run was tagged with (Optuna 5 keeps no reason itself)."""
-    reason = trial.system_attrs.get("fail_reason")  # older Optuna versions kept one
-    run_id = trial.user_attrs.get("mlflow_run_id")
-    if run_id is not None:
-        from mlflow.exceptions import MlflowException
-        from mlflow.tracking import MlflowClient
-
-        try:
-            tags = MlflowClient(tracking_uri).get_run(run_id).data.tags
-            reason = tags.get("workbench.end_reason", reason)
-        except MlflowException:
-            pass
-    return str(reason or "no reason recorded (the process ended during the trial?)")
 
 
 def _explain(args) -> int:

@@ -36,6 +36,8 @@ class StudyResult:
     registered_model: str | None = None
     registered_version: int | None = None
     pareto_trials: list[int] = field(default_factory=list)
+    failures: dict[str, int] = field(default_factory=dict)
+    """Why trials failed: each reason (from the trial's run) and how many trials it ended."""
 
     def load_study(self) -> optuna.Study:
         return optuna.load_study(study_name=self.study_name, storage=self.storage_url)
@@ -101,6 +103,7 @@ def finish_study(
         },
     )
     _log_trials_csv(study, store, parent)
+    result.failures = failure_reasons(study, store)
     if result.n_complete == 0:
         return result
     best = best_trial(study)
@@ -134,6 +137,20 @@ def finish_study(
 
         explain_best(spec, best, store, data)
     return result
+
+
+def failure_reasons(study: optuna.Study, store: tracking.Store) -> dict[str, int]:
+    """How many failed trials each reason ended (the run's end reason; Optuna 5 keeps none)."""
+    from collections import Counter
+
+    reasons: Counter[str] = Counter()
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
+        reason = trial.system_attrs.get("fail_reason")
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id is not None:
+            reason = tracking.run_tags(store, run_id).get("workbench.end_reason", reason)
+        reasons[str(reason or "no reason recorded (the process ended during the trial?)")] += 1
+    return dict(reasons)
 
 
 def study_figures(study: optuna.Study, spec: ExperimentSpec) -> dict:

@@ -26,9 +26,10 @@ test: $(STAMP)  ## the whole test suite (tiny configs; slow tests included)
 bench: $(STAMP)  ## benchmarks; results go to docs/benchmarks.md by hand, with machine and date
 	$(BIN)/python bench/run_all.py
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff, and the import rules (import-linter contracts in pyproject.toml)
 	$(BIN)/ruff check workbench tests bench
 	$(BIN)/ruff format --check workbench tests bench
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff format workbench tests bench

@@ -24,21 +24,30 @@ _EXPORTS = {
     "build_data": "workbench.registry",
     "fit": "workbench.train",
     "build_datamodule": "workbench.train",
-    "load_module": "workbench.train",
+    "load_module": "workbench.registry",
     "explain_images": "workbench.explain",
     "explain_model": "workbench.explain",
     "load_model": "workbench.tracking",
+    "trained": "workbench.trained",
+    "TrainedModel": "workbench.trained",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
     from workbench.explain import explain_images, explain_model
-    from workbench.registry import available_data, available_models, build_data, build_model
+    from workbench.registry import (
+        available_data,
+        available_models,
+        build_data,
+        build_model,
+        load_module,
+    )
     from workbench.spec import ExperimentSpec, SpecError, load_spec
     from workbench.study import StudyResult, run_study
     from workbench.tracking import load_model
-    from workbench.train import build_datamodule, fit, load_module
+    from workbench.train import build_datamodule, fit
+    from workbench.trained import TrainedModel, trained
 
 
 def __getattr__(name: str):

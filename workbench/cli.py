@@ -183,16 +183,14 @@ def _any_trial_finished(result) -> bool:
 
 
 def _explain(args) -> int:
-    from workbench.explain import explain_model
+    from workbench.trained import trained
 
-    report = explain_model(
-        args.run_id,
+    report = trained(args.run_id, root=args.root).explain(
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
         n=args.n,
         shap_method=args.shap,
         background=args.background,
         lime_samples=args.lime_samples,
-        root=args.root,
     )
     print(f"explained {args.n} test inputs ({report.kind}); logged to run {args.run_id}/explain")
     for name, value in report.trust.items():
@@ -299,13 +297,11 @@ def _export(args: argparse.Namespace) -> int:
         export_torchscript,
         onnx_max_abs_difference,
     )
-    from workbench.study import load_best_trial
-    from workbench.train import build_datamodule, load_module
+    from workbench.trained import trained
 
-    best = load_best_trial(spec)
-    module = load_module(best.user_attrs["checkpoint"], spec.model.name)
-    network = module.net.eval()
-    inputs = example_inputs(module, build_datamodule(spec), 64)
+    model = trained(spec)
+    network = model.network.eval()
+    inputs = example_inputs(model.module, model.data, 64)
     out = Path(args.out)
     script = export_torchscript(network, inputs[:2], out / f"{spec.name}.pt")
     onnx_path = export_onnx(network, inputs[:2], out / f"{spec.name}.onnx")
@@ -314,20 +310,22 @@ def _export(args: argparse.Namespace) -> int:
         f"TorchScript: {script}\nONNX:        {onnx_path} "
         f"(max |onnxruntime - torch| on 64 test inputs: {difference:.2e})"
     )
-    print(f"MLflow model (signature, input example): {best.user_attrs['model_uri']}")
+    print(f"MLflow model (signature, input example): {model.model_uri}")
     return 0 if difference <= 1e-4 else 1
 
 
 def _serve(args: argparse.Namespace) -> int:
     from workbench.deploy.serve import serve_command, serve_environment
+    from workbench.trained import trained
 
     root = Path(args.root).resolve()
-    if not (root / "mlflow.db").is_file():
-        raise FileNotFoundError(f"--root: no mlflow.db in {root}; run a study first")
-    command = serve_command(args.model_uri, args.host, args.port)
-    print(f"serving {args.model_uri} at http://{args.host}:{args.port}/invocations (Ctrl-C stops)")
+    model = trained(args.model_uri, root=root)  # a name the store does not hold fails here
+    # A registry URI is served as given, so the server follows its alias; others by model id.
+    uri = args.model_uri if args.model_uri.startswith("models:/") else model.model_uri
+    command = serve_command(uri, args.host, args.port)
+    print(f"serving {uri} at http://{args.host}:{args.port}/invocations (Ctrl-C stops)")
     try:
-        return subprocess.call(command, env=serve_environment(f"sqlite:///{root / 'mlflow.db'}"))
+        return subprocess.call(command, env=serve_environment(model.store.tracking_uri))
     except KeyboardInterrupt:
         return 0
 

@@ -64,20 +64,6 @@ def confusion_matrix(
     return figure
 
 
-def optimization_history(study) -> Figure:
-    """Optuna's own optimisation-history plot (objective per trial, best so far)."""
-    import warnings
-
-    import matplotlib.pyplot as plt
-    from optuna.visualization.matplotlib import plot_optimization_history
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
-        ax = plot_optimization_history(study)
-    plt.close(ax.figure)  # detach from pyplot; the figure stays usable for saving and display
-    return ax.figure
-
-
 def image_grid(images, title: str = "", labels: Sequence[str] | None = None) -> Figure:
     """Grayscale images (rows, cols, H, W) or (n, H, W) on a grid, in [0, 1]; optional labels."""
     grid = np.asarray(images, dtype=np.float32)

@@ -10,6 +10,7 @@ import fnmatch
 import importlib
 import inspect
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 # Imported on first lookup, so `import workbench` stays cheap (these pull in torch and Lightning).
@@ -136,3 +137,32 @@ def build_model(name: str, **hparams: Any) -> Any:
 def build_data(name: str, **options: Any) -> Any:
     """Construct the registered LightningDataModule ``name``."""
     return data_factory(name)(**options)
+
+
+def load_module(path: str | Path, name: str) -> Any:
+    """Rebuild registered model ``name`` from a checkpoint's saved hyperparameters and weights
+    (as timm's ``create_model(name, checkpoint_path=...)``), in eval mode."""
+    state = read_checkpoint(path)
+    module = build_model(name, **state["hyper_parameters"])
+    module.load_state_dict(state["state_dict"])
+    return module.eval()
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's contents, loaded with ``weights_only=True``; errors name the file."""
+    import pickle
+
+    import torch
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0][:300]
+        raise ValueError(f"{path}: refused: it holds more than weights ({first})") from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from exc
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise ValueError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    return state

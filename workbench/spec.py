@@ -430,11 +430,9 @@ def _check_against_registry(spec: ExperimentSpec) -> None:
         if key.endswith("checkpoint") and not str(value).startswith(STUDY_REFERENCE):
             _require(Path(str(value)).is_file(), f"model.params.{key}", f"file not found: {value}")
     if spec.explain.enabled:
-        from workbench.models.supervised import SupervisedModule
-
         _require(
             spec.data.name not in UNEXPLAINED_DATA
-            and issubclass(registry.model_class(spec.model.name), SupervisedModule),
+            and getattr(registry.model_class(spec.model.name), "explainable", False),
             "explain.enabled",
             f"SHAP and LIME explain classifiers, not {spec.model.name!r} on {spec.data.name!r} "
             "data; set it to false",

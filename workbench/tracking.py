@@ -335,6 +335,48 @@ def logged_model_uri(store: Store, run_id: str) -> str:
     return f"models:/{outputs[0].model_id}"
 
 
+def resolve_run_id(store: Store, source: str) -> str:
+    """The run behind a run id or a ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or
+    ``models:/m-...`` URI; a clear ``LookupError`` for anything the store does not hold."""
+    from mlflow.exceptions import MlflowException
+
+    client = store.client
+    try:
+        if not source.startswith("models:/"):
+            return client.get_run(source).info.run_id
+        target = source.removeprefix("models:/")
+        if target.startswith("m-"):
+            return client.get_logged_model(target).source_run_id
+        name, _, alias = target.partition("@")
+        if alias:
+            return client.get_model_version_by_alias(name, alias).run_id
+        name, _, version = target.partition("/")
+        return client.get_model_version(name, version).run_id
+    except MlflowException as exc:
+        what = source if source.startswith("models:/") else f"run id {source!r}: no such run"
+        raise LookupError(f"{what} in {store.tracking_uri}") from exc
+
+
+def log_explanation(store: Store, run_id: str, report, prefix: str = "explain") -> None:
+    """An explanation report into a run: PNG plots, the arrays (.npz), trust metrics (JSON and
+    MLflow metrics)."""
+    import numpy as np
+
+    for name, figure in report.figures().items():
+        log_figure(store, run_id, figure, f"{prefix}/{name}.png")
+    arrays = {name: e.attributions for name, e in report.explanations.items()}
+    first = next(iter(report.explanations.values()))
+    arrays.update(inputs=first.display, targets=first.targets, probabilities=first.probabilities)
+    if first.labels is not None:
+        arrays["labels"] = np.asarray(first.labels)
+    log_arrays(store, run_id, f"{prefix}/attributions.npz", **arrays)
+    log_json(
+        store, run_id, {"trust": report.trust, "settings": report.settings}, f"{prefix}/trust.json"
+    )
+    metrics = {f"{prefix}/{k}": v for k, v in report.trust.items() if np.isfinite(v)}
+    log_metrics(store, run_id, metrics)
+
+
 def run_spec(store: Store, run_id: str) -> dict:
     """The experiment spec of a trial run, from ``spec.json`` of its study's parent run."""
     run = store.client.get_run(run_id)

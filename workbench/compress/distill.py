@@ -54,7 +54,7 @@ class DistilledCNN(SupervisedModule):
         if task != "classification":
             raise ValueError("task: distillation of soft labels needs a classification task")
         super().__init__(num_classes)
-        from workbench.train import load_module
+        from workbench.registry import load_module
 
         self.save_hyperparameters()
         self.net = ConvNet(tuple(input_shape), num_classes, width, depth, hidden, dropout)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -41,16 +40,11 @@ def compress_best(
     """Compress the best trial of ``spec``'s study; return (and log) the report."""
     from workbench import tracking
     from workbench.compress.distill import DistilledCNN
-    from workbench.study import load_best_trial
-    from workbench.train import build_datamodule, fit, load_module
+    from workbench.train import fit
+    from workbench.trained import trained
 
-    best = load_best_trial(spec)
-    checkpoint = best.user_attrs["checkpoint"]
-    if not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"best trial's checkpoint is missing: {checkpoint}")
-
-    data = build_datamodule(spec)
-    teacher = load_module(checkpoint, spec.model.name)
+    best = trained(spec)
+    checkpoint, data, teacher = best.checkpoint, best.data, best.module
     inputs, targets = data.split("test")
     calibration = data.split("train")[0][:1024]
 
@@ -78,10 +72,7 @@ def compress_best(
         [measure(name, net, inputs, targets, repeats) for name, net in variants.items()]
     )
     if log:
-        store = tracking.open_store(
-            spec.tracking.root, spec.tracking.experiment, spec.tracking.mlflow_uri
-        )
-        teacher_run = best.user_attrs["mlflow_run_id"]
+        store, teacher_run = best.store, best.run_id
         for variant in report.variants:
             run_id = tracking.start_run(
                 store,

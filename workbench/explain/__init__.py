@@ -1,10 +1,10 @@
 """Explanations of trained classifiers: SHAP and LIME attributions, plotted, measured, logged.
 
-``explain_model`` takes a live module (or network) with its data module, or the id of an MLflow
-trial run, and returns an ``ExplanationReport``: the attributions of each method, their plots,
-and how far they can be trusted (faithfulness against random orders, run-to-run stability under
-another seed, SHAP-LIME agreement, and the randomised-weights sanity check).
-``report.log(store, run_id)`` puts it all in the run.
+``explain_model`` takes a module (or network) with its data module and returns an
+``ExplanationReport``: the attributions of each method, their plots, and how far they can be
+trusted (faithfulness against random orders, run-to-run stability under another seed, SHAP-LIME
+agreement, and the randomised-weights sanity check). Starting from a study or an MLflow run is
+the door's business (``workbench.trained(...).explain()``), which also logs the report.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ __all__ = [
     "Explanation",
     "ExplanationReport",
     "ImageExplanation",
-    "explain_best",
     "explain_images",
     "explain_model",
     "lime_images",
@@ -79,26 +78,6 @@ class ExplanationReport:
             figures.update(shap_summary_plots(self.shap))
         return figures
 
-    def log(self, store, run_id: str, prefix: str = "explain") -> None:
-        """PNG plots, the arrays (.npz), trust metrics (JSON and MLflow metrics) into a run."""
-        from workbench import tracking
-
-        for name, figure in self.figures().items():
-            tracking.log_figure(store, run_id, figure, f"{prefix}/{name}.png")
-        arrays = {name: e.attributions for name, e in self.explanations.items()}
-        first = next(iter(self.explanations.values()))
-        arrays.update(
-            inputs=first.display, targets=first.targets, probabilities=first.probabilities
-        )
-        if first.labels is not None:
-            arrays["labels"] = np.asarray(first.labels)
-        tracking.log_arrays(store, run_id, f"{prefix}/attributions.npz", **arrays)
-        tracking.log_json(
-            store, run_id, {"trust": self.trust, "settings": self.settings}, f"{prefix}/trust.json"
-        )
-        metrics = {f"{prefix}/{k}": v for k, v in self.trust.items() if np.isfinite(v)}
-        tracking.log_metrics(store, run_id, metrics)
-
 
 def shap_summary_plots(explanation: Explanation) -> dict[str, Figure]:
     """SHAP's own beeswarm and bar plots for table rows."""
@@ -134,7 +113,7 @@ def _kind(data, inputs: torch.Tensor) -> str:
 def _network(source) -> torch.nn.Module:
     network = getattr(source, "net", source)
     if not isinstance(network, torch.nn.Module):
-        raise TypeError(f"explain: expected a module, network or run id; got {type(source)}")
+        raise TypeError(f"explain: expected a module or a network; got {type(source)}")
     return network
 
 
@@ -150,41 +129,23 @@ def explain_model(
     trust: bool = True,
     steps: int = 20,
     seed: int = 0,
-    root: str = "mlruns",
-    log: bool | None = None,
     target_class: int | None = None,
 ) -> ExplanationReport:
     """Explain the first ``n`` test inputs of a classifier with SHAP and/or LIME.
 
-    ``source``: a LightningModule (its ``.net`` is explained), a plain network, or an MLflow run
-    id of a trial (its logged model; its data rebuilt from the study's spec; the report is logged
-    to that run unless ``log=False``). SHAP uses a background of ``background`` training inputs.
+    ``source``: a LightningModule (its ``.net`` is explained) or a plain network; ``data``: the
+    data module it was trained on. SHAP uses a background of ``background`` training inputs.
     Each input is explained for its predicted class, or for ``target_class`` when given (SHAP
     and LIME values are per class: explaining another class answers "what speaks for class k?").
     """
-    from workbench import tracking
-
     unknown = set(methods) - {"shap", "lime"}
     if unknown or not methods:
         raise ValueError(f"methods: choose from 'shap' and 'lime'; got {list(methods)}")
     if shap_method not in SHAP_METHODS:
         raise ValueError(f"shap_method: one of {', '.join(SHAP_METHODS)}; got {shap_method!r}")
-    run_id = None
-    if isinstance(source, str):  # an MLflow run id: everything comes from the store
-        from workbench.spec import load_spec
-        from workbench.train import build_datamodule
-
-        run_id = source
-        store = tracking.open_store(root, "workbench")
-        model_uri = tracking.logged_model_uri(store, run_id)  # fails clearly before loading
-        spec = load_spec(tracking.run_spec(store, run_id))
-        network = tracking.load_model(model_uri)
-        if data is None:
-            data = build_datamodule(spec)
-    else:
-        network = _network(source)
-        if data is None:
-            raise ValueError("data: pass the data module the model was trained on")
+    network = _network(source)
+    if data is None:
+        raise ValueError("data: pass the data module the model was trained on")
     if hasattr(data, "model_kwargs") and data.model_kwargs().get("task") == "regression":
         raise ValueError("data: explanations are built for classifiers, not regression targets")
 
@@ -290,8 +251,6 @@ def explain_model(
         curves,
         {"n": len(inputs), "seed": seed, "steps": steps, "methods": list(methods)},
     )
-    if run_id is not None and log is not False:
-        report.log(store, run_id)
     return report
 
 
@@ -332,17 +291,3 @@ def explain_images(
         lime_samples, trust=False, seed=seed,
     )  # fmt: skip
     return report.shap, report.lime
-
-
-def explain_best(spec, best_trial, store, data) -> ExplanationReport:
-    """Explain a study's best model and log plots, arrays and trust metrics to its MLflow run."""
-    from workbench.train import load_module
-
-    module = load_module(best_trial.user_attrs["checkpoint"], spec.model.name)
-    settings = spec.explain
-    report = explain_model(
-        module, data, ("shap", "lime"), settings.n_images, "gradient", settings.background,
-        settings.shap_samples, settings.lime_samples, trust=True, seed=spec.seed,
-    )  # fmt: skip
-    report.log(store, best_trial.user_attrs["mlflow_run_id"])
-    return report

@@ -157,6 +157,6 @@ class Autoencoder(pl.LightningModule):
 
 def load_encoder(checkpoint: str | Path) -> ConvEncoder:
     """The encoder of a trained ``autoencoder`` checkpoint, as a backbone for other models."""
-    from workbench.train import load_module
+    from workbench.registry import load_module
 
     return load_module(checkpoint, "autoencoder").net.encoder

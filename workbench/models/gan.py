@@ -151,7 +151,7 @@ class GAN(pl.LightningModule):
         n_judged: int = 1000,
     ) -> None:
         super().__init__()
-        from workbench.train import load_module
+        from workbench.registry import load_module
 
         self.save_hyperparameters()
         self.automatic_optimization = False

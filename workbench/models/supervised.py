@@ -49,6 +49,8 @@ def stage_metrics(task: str, num_classes: int, stage: str) -> torch.nn.ModuleDic
 class SupervisedModule(pl.LightningModule):
     """A LightningModule around ``self.net``: inputs → logits (classification) or one value."""
 
+    explainable = True  # SHAP and LIME can explain its classifications (the spec asks this)
+
     def __init__(self, num_classes: int, task: str = "classification") -> None:
         super().__init__()
         if task not in TASKS:

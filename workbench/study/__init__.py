@@ -28,11 +28,11 @@ from workbench.study.config import (
     sample_params,
     storage_url,
 )
-from workbench.study.summary import StudyResult, finish_study, load_best_trial
+from workbench.study.summary import StudyResult, finish_study, load_best_trial, load_trial
 
 FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
-__all__ = ["StudyResult", "load_best_trial", "run_study", "storage_url"]
+__all__ = ["StudyResult", "load_best_trial", "load_trial", "run_study", "storage_url"]
 
 
 def run_study(

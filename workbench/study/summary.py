@@ -60,6 +60,15 @@ def load_best_trial(spec: ExperimentSpec) -> optuna.trial.FrozenTrial:
     return best_trial(study)
 
 
+def load_trial(spec: ExperimentSpec, study_name: str, number: int) -> optuna.trial.FrozenTrial:
+    """Trial ``number`` of study ``study_name`` in the spec's Optuna storage."""
+    study = optuna.load_study(study_name=study_name, storage=storage_url(spec))
+    trials = study.get_trials(deepcopy=False)
+    if not 0 <= number < len(trials):
+        raise LookupError(f"study {study_name!r} has no trial {number}")
+    return trials[number]
+
+
 def study_cost(study: optuna.Study) -> dict[str, float]:
     """What a study spent and found: trials by state, epochs trained, wall time, best value."""
     trials = study.get_trials(deepcopy=False)
@@ -133,9 +142,14 @@ def finish_study(
     for name, figure in study_figures(study, spec).items():
         tracking.log_figure(store, parent, figure, f"plots/{name}.png")
     if spec.explain.enabled:
-        from workbench.explain import explain_best
+        from workbench.trained import from_trial
 
-        explain_best(spec, best, store, data)
+        settings = spec.explain
+        from_trial(spec, best, store, data).explain(
+            n=settings.n_images, background=settings.background,
+            shap_samples=settings.shap_samples, lime_samples=settings.lime_samples,
+            seed=spec.seed,
+        )  # fmt: skip
     return result
 
 
@@ -151,6 +165,18 @@ def failure_reasons(study: optuna.Study, store: tracking.Store) -> dict[str, int
             reason = tracking.run_tags(store, run_id).get("workbench.end_reason", reason)
         reasons[str(reason or "no reason recorded (the process ended during the trial?)")] += 1
     return dict(reasons)
+
+
+def optimization_history(study: optuna.Study):
+    """Optuna's own optimisation-history plot (objective per trial, best so far)."""
+    import matplotlib.pyplot as plt
+    from optuna.visualization.matplotlib import plot_optimization_history
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+        ax = plot_optimization_history(study)
+    plt.close(ax.figure)  # detach from pyplot; the figure stays usable for saving and display
+    return ax.figure
 
 
 def study_figures(study: optuna.Study, spec: ExperimentSpec) -> dict:

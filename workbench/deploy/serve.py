@@ -1,11 +1,14 @@
-"""Serve a logged model with MLflow's scoring server on loopback, and send it data.
+"""Serve a logged model with MLflow's scoring app on loopback, and send it data.
 
-The server is MLflow's own (``mlflow models serve``): it checks requests against the logged
-signature and answers a readable 4xx for a wrong shape, a wrong type or an empty body.
+The app is MLflow's own (what ``mlflow models serve`` runs): it checks requests against the logged
+signature and answers a 400 that names the fault for a wrong shape or a wrong type. In front of it
+sits one check MLflow lacks: an empty body is refused as such (MLflow only calls it invalid JSON).
+``python -m workbench.deploy.serve MODEL_URI [--host] [--port]`` runs it.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -15,30 +18,82 @@ from pathlib import Path
 
 import numpy as np
 
+INVOCATIONS = "/invocations"
+
 
 def serve_command(model_uri: str, host: str = "127.0.0.1", port: int = 5001) -> list[str]:
-    """The command line of MLflow's scoring server for ``model_uri`` in this environment."""
-    mlflow = str(Path(sys.executable).parent / "mlflow")
+    """The command line of the scoring server for ``model_uri`` in this environment."""
     return [
-        mlflow,
-        "models",
-        "serve",
+        sys.executable,
         "-m",
+        "workbench.deploy.serve",
         model_uri,
         "--host",
         host,
         "--port",
         str(port),
-        "--env-manager",
-        "local",
-        "--workers",
-        "1",
     ]
 
 
+def scoring_app(model_uri: str):
+    """MLflow's scoring app for ``model_uri`` (resolved through ``MLFLOW_TRACKING_URI``), behind
+    the empty-body check."""
+    import mlflow.artifacts
+    from mlflow.pyfunc import scoring_server
+
+    local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri)
+    model = scoring_server.load_model_with_mlflow_config(local)
+    schema = model.metadata.get_input_schema()
+    return RefuseEmptyBody(scoring_server.init(model), str(schema) if schema else "the model input")
+
+
+class RefuseEmptyBody:
+    """ASGI middleware: a POST to ``/invocations`` without a body gets a 400 that says so and
+    what to send; every other request goes to ``app`` unchanged (its body replayed)."""
+
+    def __init__(self, app, expected: str) -> None:
+        self.app, self.expected = app, expected
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != INVOCATIONS:
+            await self.app(scope, receive, send)
+            return
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        if not body.strip():
+            text = (
+                'empty request body: send JSON such as {"inputs": [...]}, a batch shaped '
+                f"like the model input {self.expected}"
+            )
+            payload = json.dumps({"error_code": "BAD_REQUEST", "message": text}).encode()
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(payload)),
+            ]
+            await send({"type": "http.response.start", "status": 400, "headers": headers})
+            await send({"type": "http.response.body", "body": payload})
+            return
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
 def serve_environment(tracking_uri: str) -> dict[str, str]:
-    """The server resolves ``models:/name@alias`` through this tracking store, and starts uvicorn
-    by name, so this environment's ``bin/`` must lead the PATH even when it is not activated."""
+    """The server resolves ``models:/name@alias`` through this tracking store; this environment's
+    ``bin/`` leads the PATH, as if it were activated."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     return {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": path}
 
@@ -72,3 +127,19 @@ def post_json(url: str, body: bytes, timeout: float = 60.0) -> dict:
         except ValueError:
             pass
         raise PredictionError(error.code, text) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workbench.deploy.serve", description=__doc__)
+    parser.add_argument("model_uri", help="e.g. models:/mnist_cnn@champion or runs:/<id>/model")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
+    parser.add_argument("--port", type=int, default=5001)
+    args = parser.parse_args(argv)
+    import uvicorn
+
+    uvicorn.run(scoring_app(args.model_uri), host=args.host, port=args.port, workers=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

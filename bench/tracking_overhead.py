@@ -61,8 +61,8 @@ class EpochLoggingTimer:
 
     def __init__(self) -> None:
         self.seconds = 0.0
-        self.inner = workbench.study._log_epoch
-        workbench.study._log_epoch = self  # the objective looks the name up at every epoch
+        self.inner = workbench.study.objective._log_epoch
+        workbench.study.objective._log_epoch = self  # looked up at every epoch
 
     def __call__(self, *args, **kwargs) -> None:
         started = time.perf_counter()

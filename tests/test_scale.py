@@ -228,7 +228,8 @@ def test_a_late_worker_counts_the_trials_running_elsewhere(tmp_path: Path):
     """A worker that boots after the others (a slow spawn on a loaded machine) finds 3 trials
     finished and the last one running elsewhere: it must not start a fifth."""
     from workbench.spec import load_spec
-    from workbench.study import _open_study, _optimize
+    from workbench.study.workers import open_study as _open_study
+    from workbench.study.workers import optimize as _optimize
 
     spec = load_spec(SPEC, [*tiny(tmp_path / "mlruns"), "study.trials=4"])
     study = _open_study(spec)

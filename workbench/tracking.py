@@ -142,6 +142,32 @@ def start_run(store: Store, name: str, tags: dict[str, str], parent: str | None 
     return run.info.run_id
 
 
+@contextlib.contextmanager
+def child_run(
+    store: Store,
+    parent: str,
+    name: str,
+    tags: dict[str, str],
+    killed_by: tuple[type[BaseException], ...] = (),
+):
+    """A run under ``parent`` that closes itself by how the block ends: FINISHED on a normal
+    exit; KILLED on Ctrl-C or an exception of ``killed_by`` (e.g. a pruned trial); FAILED with
+    the exception as its reason otherwise. The exception goes on."""
+    run_id = start_run(store, name, tags, parent=parent)
+    try:
+        yield run_id
+    except KeyboardInterrupt:
+        end_run(store, run_id, "KILLED", "interrupted (Ctrl-C)")
+        raise
+    except killed_by as exc:
+        end_run(store, run_id, "KILLED", str(exc) or type(exc).__name__)
+        raise
+    except BaseException as exc:
+        end_run(store, run_id, "FAILED", f"{type(exc).__name__}: {exc}")
+        raise
+    end_run(store, run_id, "FINISHED")
+
+
 def reopen_run(store: Store, run_id: str) -> None:
     store.client.update_run(run_id, status="RUNNING")
 

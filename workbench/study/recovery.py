@@ -13,6 +13,7 @@ import os
 import socket
 import uuid
 from pathlib import Path
+from typing import Any
 
 import optuna
 
@@ -261,3 +262,42 @@ def reconcile_runs(store: tracking.Store, study: optuna.Study, parent: str) -> i
             tracking.end_run(store, run_id, "FAILED", f"closed on resume: {reason}")
             repaired += 1
     return repaired
+
+
+def create_study_run(store: tracking.Store, spec: ExperimentSpec, data, uid: str) -> str:
+    """The study's parent run, tagged with the id the Optuna study records too."""
+    tags = {**run_tags(spec, data, "study"), STUDY_UID: uid}
+    parent = tracking.start_run(store, spec.name, tags)
+    tracking.log_json(store, parent, spec.to_dict(), "spec.json")
+    tracking.log_params(store, parent, _flatten(spec.to_dict(), skip=("search_space",)))
+    return parent
+
+
+def _flatten(tree: dict, prefix: str = "", skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if key in skip:
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def run_tags(
+    spec: ExperimentSpec, data, study_role: str, trial: int | None = None
+) -> dict[str, str]:
+    tags = {
+        tracking.ROLE: study_role,
+        tracking.STUDY: spec.name,
+        "git_commit": tracking.git_commit(Path(__file__).parent),
+        "seed": str(spec.seed),
+        "data.name": spec.data.name,
+        "data.fingerprint": data.fingerprint_,
+        "model.name": spec.model.name,
+    }
+    if trial is not None:
+        tags[tracking.TRIAL] = str(trial)
+    return tags

@@ -1,0 +1,204 @@
+"""Worker processes on one machine sharing a study, and the count they stop at: a claim (a file
+lock) held from deciding to start a trial until it is RUNNING, so that N workers never run past
+the study's count."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from pathlib import Path
+
+import optuna
+from tqdm.auto import tqdm
+
+from workbench import tracking
+from workbench.spec import ExperimentSpec, load_spec
+from workbench.study.config import make_pruner, make_sampler, open_storage, storage_url
+from workbench.study.objective import FINISHED_STATES, Objective
+
+
+def cap_workers(spec: ExperimentSpec, remaining: int) -> ExperimentSpec:
+    """No more worker processes than trials left to run or cores to run them on."""
+    cap = max(1, min(remaining, os.cpu_count() or 1))
+    if spec.study.workers <= cap:
+        return spec
+    print(
+        f"study.workers: {spec.study.workers} capped to {cap} "
+        f"({remaining} trials to run, {os.cpu_count()} cores)"
+    )
+    return dataclasses.replace(spec, study=dataclasses.replace(spec.study, workers=cap))
+
+
+def optimize(
+    spec: ExperimentSpec,
+    study: optuna.Study,
+    data,
+    store,
+    parent: str,
+    n: int,
+    count_running: bool = True,
+) -> None:
+    claim = NextTrialClaim(Path(spec.tracking.root) / f".{spec.name}.claim.lock")
+    stop_at_count = StopAtCount(spec.study.trials, count_running, claim)
+    try:
+        # The first trial is counted like every later one: a worker that starts late (a slow
+        # spawn on a loaded machine) must see the trials already running elsewhere.
+        if stop_at_count.reached(study):
+            return
+        study.optimize(
+            Objective(spec, data, store, parent, claim),
+            n_trials=n,
+            catch=(FloatingPointError,),  # a diverged trial is recorded FAILED; the study goes on
+            gc_after_trial=True,
+            callbacks=[stop_at_count, report_trial],
+            show_progress_bar=spec.study.progress_bar and spec.study.workers == 1,
+        )
+    finally:
+        claim.release()
+
+
+class NextTrialClaim:
+    """A lock that the processes of one machine hold from deciding to start another trial until
+    that trial is RUNNING in the storage, so that two workers ending trials at the same moment
+    cannot both start one past the count. (Between machines that race remains.)"""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.fd = path, None
+
+    def acquire(self) -> None:
+        import fcntl
+
+        if self.fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        import fcntl
+
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+class StopAtCount:
+    """Stops this process once the study's finished trials, plus the trials other processes are
+    running when ``count_running``, reach ``target``. Counting only finished trials (Optuna's
+    ``MaxTrialsCallback``), each of N workers would start one more trial while the last ones
+    run: up to N - 1 trials past the count."""
+
+    def __init__(self, target: int, count_running: bool, claim: NextTrialClaim) -> None:
+        self.target, self.count_running, self.claim = target, count_running, claim
+
+    def reached(self, study: optuna.Study) -> bool:
+        """Whether the count is reached; if not, this process holds the claim until its next
+        trial is RUNNING (the objective releases it)."""
+        counted = FINISHED_STATES
+        if self.count_running:
+            counted = (*FINISHED_STATES, optuna.trial.TrialState.RUNNING)
+        self.claim.acquire()
+        trials = study.get_trials(deepcopy=False)
+        # A waiting trial (a dead worker's retry) is always run: it replaces a failed one.
+        waiting = any(t.state == optuna.trial.TrialState.WAITING for t in trials)
+        if not waiting and sum(t.state in counted for t in trials) >= self.target:
+            self.claim.release()
+            return True
+        return False
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self.reached(study):
+            study.stop()
+
+
+def finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
+
+
+def count(study: optuna.Study, state: optuna.trial.TrialState) -> int:
+    return len(study.get_trials(deepcopy=False, states=(state,)))
+
+
+def start_worker(spec: ExperimentSpec, parent: str, index: int):
+    """A worker process on this machine, sharing the storage and the parent MLflow run."""
+    import multiprocessing
+
+    process = multiprocessing.get_context("spawn").Process(
+        target=_worker_main, args=(spec.to_dict(), parent, index), daemon=False
+    )
+    process.start()
+    return process
+
+
+@contextlib.contextmanager
+def share_cores(workers: int):
+    """Each of ``workers`` processes gets its share of the cores for torch's thread pool: the
+    main process too, or N workers of all-core thread pools fight over the same cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _worker_main(raw_spec: dict, parent: str, index: int) -> None:
+    import signal
+
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process stops workers on Ctrl-C
+    spec = load_spec(raw_spec)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.study.workers))
+    from workbench.train import build_datamodule
+
+    data = build_datamodule(spec)
+    data.setup()
+    study = open_study(spec)
+    store = tracking.open_store(
+        spec.tracking.root, spec.tracking.experiment, spec.tracking.mlflow_uri
+    )
+    missing = max(
+        spec.study.trials - finished(study), count(study, optuna.trial.TrialState.WAITING)
+    )
+    if missing > 0:
+        optimize(spec, study, data, store, parent, missing)
+
+
+def stop_workers(helpers) -> None:
+    for helper in helpers:
+        if helper.is_alive():
+            helper.terminate()  # SIGTERM: the running trial is recorded and its run closed
+    for helper in helpers:
+        helper.join(timeout=60)
+
+
+def report_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    value = ", ".join(f"{v:.4f}" for v in trial.values) if trial.values else "-"
+    tqdm.write(
+        f"trial {trial.number:3d} {trial.state.name:8s} value={value}  "
+        + " ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()
+        )
+    )
+
+
+def storage(spec: ExperimentSpec) -> optuna.storages.RDBStorage:
+    return open_storage(storage_url(spec), spec.study.heartbeat_s, spec.study.retries)
+
+
+def open_study(spec: ExperimentSpec, storage_=None) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    directions = [spec.study.direction, *spec.study.extra_objectives.values()]
+    return optuna.create_study(
+        study_name=spec.name,
+        storage=storage_ or storage(spec),
+        sampler=make_sampler(spec),  # seeded per trial: processes and resumes never repeat
+        pruner=make_pruner(spec),
+        directions=directions,
+        load_if_exists=True,
+    )

@@ -317,6 +317,18 @@ def load_model(model_uri: str):
     return network
 
 
+def scoring_app(model_uri: str) -> tuple[Any, str | None]:
+    """MLflow's own scoring app (what ``mlflow models serve`` runs) for a logged model, and its
+    input schema as text (resolved through ``MLFLOW_TRACKING_URI``)."""
+    import mlflow.artifacts
+    from mlflow.pyfunc import scoring_server
+
+    local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri)
+    model = scoring_server.load_model_with_mlflow_config(local)
+    schema = model.metadata.get_input_schema()
+    return scoring_server.init(model), str(schema) if schema else None
+
+
 def run_history(tracking_uri: str, run_id: str) -> list[dict[str, float]]:
     """A run's per-epoch metrics as rows ``{"epoch": e, "val/acc": ..., ...}`` (for plotting)."""
     client = MlflowClient(tracking_uri)

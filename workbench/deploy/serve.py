@@ -38,13 +38,10 @@ def serve_command(model_uri: str, host: str = "127.0.0.1", port: int = 5001) -> 
 def scoring_app(model_uri: str):
     """MLflow's scoring app for ``model_uri`` (resolved through ``MLFLOW_TRACKING_URI``), behind
     the empty-body check."""
-    import mlflow.artifacts
-    from mlflow.pyfunc import scoring_server
+    from workbench.tracking import scoring_app as mlflow_scoring_app
 
-    local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri)
-    model = scoring_server.load_model_with_mlflow_config(local)
-    schema = model.metadata.get_input_schema()
-    return RefuseEmptyBody(scoring_server.init(model), str(schema) if schema else "the model input")
+    app, schema = mlflow_scoring_app(model_uri)
+    return RefuseEmptyBody(app, schema or "the model input")
 
 
 class RefuseEmptyBody:

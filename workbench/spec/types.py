@@ -1,4 +1,5 @@
-"""Experiment specs: typed dataclasses loaded from YAML, validated once at the door.
+"""The spec's types: one dataclass per section, each field with its default and meaning, and the
+checks of values that need no registry.
 
 Every error names the field at fault (``trainer.max_epochs: expected int, got 'ten'``) and is
 raised before any data is read or any run is opened.
@@ -6,16 +7,10 @@ raised before any data is read or any run is opened.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import re
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 # A checkpoint given as "study:NAME" means the best trial's checkpoint of study NAME in the same
 # storage (resolved by ``workbench.study.run_study``), e.g. a distillation teacher or GAN judge.
@@ -33,6 +28,11 @@ NAME_RULE_TEXT = (
 
 class SpecError(ValueError):
     """A spec field is unknown, of the wrong type or holds an impossible value."""
+
+
+def _require(ok: bool, where: str, message: str) -> None:
+    if not ok:
+        raise SpecError(f"{where}: {message}")
 
 
 def check_name(value: Any, where: str) -> str:
@@ -269,187 +269,3 @@ class ExperimentSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def load_spec(
-    source: str | Path | dict, overrides: list[str] | tuple[str, ...] = ()
-) -> ExperimentSpec:
-    """Load a YAML file (or a dict), apply ``a.b=c`` overrides, type-check and validate it."""
-    if isinstance(source, dict):
-        raw, default_name = copy.deepcopy(source), "experiment"
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"spec file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except UnicodeDecodeError as exc:
-            raise SpecError(f"{path}: not a YAML text file ({exc.reason})") from exc
-        except yaml.YAMLError as exc:
-            raise SpecError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from exc
-        default_name = path.stem
-        if not isinstance(raw, dict):
-            raise SpecError(f"{path}: the top level must be a mapping of fields")
-    raw.setdefault("name", default_name)
-    for item in overrides:
-        apply_override(raw, item)
-    spec = _build(ExperimentSpec, raw, "")
-    spec.check()
-    from workbench.registry import UnknownNameError
-
-    try:
-        _check_against_registry(spec)
-    except UnknownNameError as exc:
-        raise SpecError(str(exc)) from exc
-    return spec
-
-
-def apply_override(raw: dict, item: str) -> None:
-    """Set ``a.b.c=value`` in a raw spec dict; the value is parsed as YAML (``1e-3``, ``true``)."""
-    if "=" not in item:
-        raise SpecError(f"override {item!r}: expected key=value, e.g. trainer.max_epochs=1")
-    key, _, text = item.partition("=")
-    parts = key.strip().split(".")
-    if not all(parts):
-        raise SpecError(f"override {item!r}: {key!r} is not a field path such as data.batch_size")
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"override {key}: cannot read {text!r} as a YAML value") from exc
-    node = raw
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise SpecError(f"override {key}: {part} is not a section")
-    node[parts[-1]] = value
-
-
-def _require(ok: bool, where: str, message: str) -> None:
-    if not ok:
-        raise SpecError(f"{where}: {message}")
-
-
-def _build(cls: type, raw: Any, where: str) -> Any:
-    """Build dataclass ``cls`` from a raw mapping, naming any unknown or mistyped field."""
-    label = where or "spec"
-    if not isinstance(raw, dict):
-        raise SpecError(f"{label}: expected a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - fields)
-    if unknown:
-        raise SpecError(
-            f"{_join(where, unknown[0])}: unknown field; valid fields: {', '.join(sorted(fields))}"
-        )
-    values = {name: _convert(hints[name], value, _join(where, name)) for name, value in raw.items()}
-    missing = [
-        f.name
-        for f in dataclasses.fields(cls)
-        if f.name not in values
-        and f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING
-    ]
-    if missing:
-        raise SpecError(f"{_join(where, missing[0])}: required field is missing")
-    return cls(**values)
-
-
-def _convert(hint: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _convert(option, value, where)
-            except SpecError as exc:
-                errors.append(str(exc))
-        raise SpecError(
-            errors[0] if len(errors) == 1 else f"{where}: got {value!r}, expected {hint}"
-        )
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise SpecError(f"{where}: expected a mapping, got {value!r}")
-        _, value_type = typing.get_args(hint)
-        return {k: _convert(value_type, v, _join(where, str(k))) for k, v in value.items()}
-    if origin is list:
-        if not isinstance(value, list):
-            raise SpecError(f"{where}: expected a list, got {value!r}")
-        return list(value)
-    if hint is Any:
-        return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        try:  # YAML 1.1 reads '1e-3' as a string
-            return float(value)
-        except ValueError:
-            pass
-    if hint in (int, float, str, bool) and (
-        not isinstance(value, hint) or (hint is int and isinstance(value, bool))
-    ):
-        raise SpecError(f"{where}: expected {hint.__name__}, got {value!r}")
-    return value
-
-
-def _join(where: str, name: str) -> str:
-    return f"{where}.{name}" if where else name
-
-
-def _check_against_registry(spec: ExperimentSpec) -> None:
-    """Names and constructor arguments must exist before anything expensive happens."""
-    from workbench import registry
-
-    registry.data_factory(spec.data.name)  # raises naming the valid ones
-    valid = registry.model_arguments(spec.model.name)
-    types_ = registry.model_argument_types(spec.model.name)
-    for key, value in spec.model.params.items():
-        _require(
-            key in valid,
-            f"model.params.{key}",
-            f"not an argument of {spec.model.name!r}; valid: {', '.join(sorted(valid))}",
-        )
-        hint = types_.get(key)
-        plain = typing.get_args(hint) or (hint,)
-        if hint is not None and all(t in (int, float, bool, str, type(None)) for t in plain):
-            # YAML 1.1 reads 1e-3 as a string: the constructor's own types decide.
-            spec.model.params[key] = _convert(hint, value, f"model.params.{key}")
-    for key in sorted(registry.required_model_arguments(spec.model.name)):
-        _require(
-            key in spec.model.params or key in spec.search_space,
-            f"model.params.{key}",
-            f"required by {spec.model.name!r}",
-        )
-    for key, value in spec.model.params.items():
-        if key.endswith("checkpoint") and not str(value).startswith(STUDY_REFERENCE):
-            _require(Path(str(value)).is_file(), f"model.params.{key}", f"file not found: {value}")
-    if spec.explain.enabled:
-        _require(
-            spec.data.name not in UNEXPLAINED_DATA
-            and getattr(registry.model_class(spec.model.name), "explainable", False),
-            "explain.enabled",
-            f"SHAP and LIME explain classifiers, not {spec.model.name!r} on {spec.data.name!r} "
-            "data; set it to false",
-        )
-    for key in spec.search_space:
-        if "." in key:
-            section, _, name = key.partition(".")
-            part = getattr(spec, section, None)
-            _require(
-                dataclasses.is_dataclass(part)
-                and name in {f.name for f in dataclasses.fields(part)},
-                f"search_space.{key}",
-                "dotted keys must name a spec field such as data.batch_size",
-            )
-        else:
-            _require(
-                key in valid,
-                f"search_space.{key}",
-                f"not an argument of {spec.model.name!r}; valid: {', '.join(sorted(valid))}",
-            )

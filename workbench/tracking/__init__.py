@@ -1,0 +1,254 @@
+"""MLflow, and only MLflow: store locations, study/trial runs, metrics, artifacts, model registry.
+
+Runs are addressed by id through ``MlflowClient`` rather than the global active-run stack, so a
+notebook kernel never inherits a dangling run and a child run can never lose its parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+# Tags the workbench sets; the MLflow UI can filter on any of them.
+ROLE, STUDY, TRIAL = "workbench.role", "workbench.study", "workbench.trial"
+PARENT = "mlflow.parentRunId"
+
+from workbench.tracking.store import (  # noqa: E402
+    Store,
+    check_sqlite_file,
+    open_store,
+    root_lock,
+)
+
+
+def filter_value(value: str) -> str:
+    """``value`` quoted for an MLflow filter string. Only identifier characters pass: MLflow's
+    filter grammar has no escape, so a quote in a value would change the query."""
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", value):
+        raise ValueError(f"refusing to search MLflow for {value!r}: not a name or run id")
+    return f"'{value}'"
+
+
+def find_study_run(store: Store, study: str) -> str | None:
+    """The parent run of study ``study`` in this experiment, if one exists."""
+    runs = store.client.search_runs(
+        [store.experiment_id],
+        filter_string=f"tags.`{ROLE}` = 'study' AND tags.`{STUDY}` = {filter_value(study)}",
+        max_results=2,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def run_tags(store: Store, run_id: str) -> dict[str, str]:
+    return dict(store.client.get_run(run_id).data.tags)
+
+
+def start_run(store: Store, name: str, tags: dict[str, str], parent: str | None = None) -> str:
+    """Open a run (nested under ``parent`` when given) and return its id."""
+    tags = dict(tags)
+    if parent is not None:
+        tags[PARENT] = parent
+    run = store.client.create_run(store.experiment_id, run_name=name, tags=tags)
+    return run.info.run_id
+
+
+@contextlib.contextmanager
+def child_run(
+    store: Store,
+    parent: str,
+    name: str,
+    tags: dict[str, str],
+    killed_by: tuple[type[BaseException], ...] = (),
+):
+    """A run under ``parent`` that closes itself by how the block ends: FINISHED on a normal
+    exit; KILLED on Ctrl-C or an exception of ``killed_by`` (e.g. a pruned trial); FAILED with
+    the exception as its reason otherwise. The exception goes on."""
+    run_id = start_run(store, name, tags, parent=parent)
+    try:
+        yield run_id
+    except KeyboardInterrupt:
+        end_run(store, run_id, "KILLED", "interrupted (Ctrl-C)")
+        raise
+    except killed_by as exc:
+        end_run(store, run_id, "KILLED", str(exc) or type(exc).__name__)
+        raise
+    except BaseException as exc:
+        end_run(store, run_id, "FAILED", f"{type(exc).__name__}: {exc}")
+        raise
+    end_run(store, run_id, "FINISHED")
+
+
+def reopen_run(store: Store, run_id: str) -> None:
+    store.client.update_run(run_id, status="RUNNING")
+
+
+def end_run(store: Store, run_id: str, status: str, reason: str | None = None) -> None:
+    """Close a run as FINISHED, KILLED or FAILED; a reason is kept as a tag for the UI."""
+    if reason:
+        store.client.set_tag(run_id, "workbench.end_reason", reason[:4000])
+    store.client.set_terminated(run_id, status=status)
+
+
+def child_runs(store: Store, parent: str) -> list:
+    """Every run nested under ``parent``."""
+    return store.client.search_runs(
+        [store.experiment_id],
+        filter_string=f"tags.`{PARENT}` = {filter_value(parent)}",
+        max_results=10_000,
+    )
+
+
+def log_params(store: Store, run_id: str, params: dict[str, Any]) -> None:
+    """Log all params in one batch, from one place (MLflow refuses a param logged twice)."""
+    store.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+
+
+def log_metrics(store: Store, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    """Log a dict of metrics in one batched call."""
+    import time
+
+    now = int(time.time() * 1000)
+    store.client.log_batch(
+        run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()]
+    )
+
+
+def set_tags(store: Store, run_id: str, tags: dict[str, Any]) -> None:
+    store.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_figure(store: Store, run_id: str, figure, artifact_file: str) -> None:
+    store.client.log_figure(run_id, figure, artifact_file)
+
+
+def log_json(store: Store, run_id: str, data: Any, artifact_file: str) -> None:
+    store.client.log_text(run_id, json.dumps(data, indent=2, default=str), artifact_file)
+
+
+def log_file(store: Store, run_id: str, path: str | Path, artifact_dir: str | None = None) -> None:
+    store.client.log_artifact(run_id, str(path), artifact_dir)
+
+
+def log_arrays(store: Store, run_id: str, artifact_file: str, **arrays) -> None:
+    """Save numpy arrays as one ``.npz`` artifact."""
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        np.savez_compressed(path, **arrays)
+        store.client.log_artifact(run_id, str(path), str(Path(artifact_file).parent) or None)
+
+
+def run_history(tracking_uri: str, run_id: str) -> list[dict[str, float]]:
+    """A run's per-epoch metrics as rows ``{"epoch": e, "val/acc": ..., ...}`` (for plotting)."""
+    client = MlflowClient(tracking_uri)
+    rows: dict[int, dict[str, float]] = {}
+    epochs = {m.step for m in client.get_metric_history(run_id, "train/loss")}
+    for key in client.get_run(run_id).data.metrics:
+        for metric in client.get_metric_history(run_id, key):
+            if metric.step in epochs:
+                rows.setdefault(metric.step, {"epoch": metric.step})[key] = metric.value
+    return [rows[e] for e in sorted(rows)]
+
+
+def git_commit(path: str | Path = ".") -> str:
+    """The current git commit of ``path`` (with ``-dirty`` when there are local changes)."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=path,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha
+
+
+def log_explanation(store: Store, run_id: str, report, prefix: str = "explain") -> None:
+    """An explanation report into a run: PNG plots, the arrays (.npz), trust metrics (JSON and
+    MLflow metrics)."""
+    import numpy as np
+
+    for name, figure in report.figures().items():
+        log_figure(store, run_id, figure, f"{prefix}/{name}.png")
+    arrays = {name: e.attributions for name, e in report.explanations.items()}
+    first = next(iter(report.explanations.values()))
+    arrays.update(inputs=first.display, targets=first.targets, probabilities=first.probabilities)
+    if first.labels is not None:
+        arrays["labels"] = np.asarray(first.labels)
+    log_arrays(store, run_id, f"{prefix}/attributions.npz", **arrays)
+    log_json(
+        store, run_id, {"trust": report.trust, "settings": report.settings}, f"{prefix}/trust.json"
+    )
+    metrics = {f"{prefix}/{k}": v for k, v in report.trust.items() if np.isfinite(v)}
+    log_metrics(store, run_id, metrics)
+
+
+def run_spec(store: Store, run_id: str) -> dict:
+    """The experiment spec of a trial run, from ``spec.json`` of its study's parent run."""
+    run = store.client.get_run(run_id)
+    parent = run.data.tags.get("mlflow.parentRunId", run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = store.client.download_artifacts(parent, "spec.json", tmp)
+        except Exception as exc:  # MLflow raises several types for a missing artifact
+            raise LookupError(f"run id {run_id!r}: its study run has no spec.json") from exc
+        return json.loads(Path(path).read_text())
+
+
+# The model side lives in tracking/models.py; its names are part of this module's API.
+from workbench.tracking.models import (  # noqa: E402
+    claim_registered_model,
+    load_model,
+    log_model,
+    logged_model_uri,
+    register_model,
+    resolve_run_id,
+    scoring_app,
+)
+
+__all__ = [
+    "Store",
+    "check_sqlite_file",
+    "child_run",
+    "child_runs",
+    "claim_registered_model",
+    "end_run",
+    "filter_value",
+    "find_study_run",
+    "git_commit",
+    "load_model",
+    "log_arrays",
+    "log_explanation",
+    "log_figure",
+    "log_file",
+    "log_json",
+    "log_metrics",
+    "log_model",
+    "log_params",
+    "logged_model_uri",
+    "open_store",
+    "register_model",
+    "reopen_run",
+    "resolve_run_id",
+    "root_lock",
+    "run_history",
+    "run_spec",
+    "run_tags",
+    "scoring_app",
+    "set_tags",
+    "start_run",
+]

@@ -1,0 +1,98 @@
+"""Where runs live: the MLflow store of one workbench root (SQLite by default, or a tracking
+server), checked on opening: a corrupt file or a dead server is named, a fresh root created once."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+
+@dataclass
+class Store:
+    """Where one workbench root keeps its runs."""
+
+    root: Path
+    tracking_uri: str
+    experiment_id: str
+
+    @property
+    def client(self) -> MlflowClient:
+        return MlflowClient(self.tracking_uri)
+
+
+def open_store(root: str | Path, experiment: str, tracking_uri: str | None = None) -> Store:
+    """Point MLflow at ``sqlite:///<root>/mlflow.db`` or ``tracking_uri``; ensure the experiment.
+
+    A database that is not one, or a tracking server that does not answer, stops here with an
+    error naming the file or URL. Two first commands on a fresh root take turns (a file lock)
+    so that they do not both create the schema.
+    """
+    from mlflow.exceptions import MlflowException
+
+    root = Path(root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri or f"sqlite:///{root / 'mlflow.db'}"
+    where = f"tracking.mlflow_uri: {uri}"
+    if uri.startswith("sqlite:///"):
+        where = f"the MLflow database {uri.removeprefix('sqlite:///')}"
+        check_sqlite_file(Path(uri.removeprefix("sqlite:///")), "MLflow")
+    elif uri.startswith(("http://", "https://")):
+        _check_server(uri)  # MLflow's client would retry a dead server for minutes
+    mlflow.set_tracking_uri(uri)
+    try:
+        with root_lock(root):
+            client = MlflowClient(uri)
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                location = None if uri.startswith("http") else (root / "artifacts").as_uri()
+                experiment_id = client.create_experiment(experiment, artifact_location=location)
+            else:
+                experiment_id = found.experiment_id
+    except (MlflowException, OSError) as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ConnectionError(f"{where}: cannot be opened: {first}") from exc
+    return Store(root, uri, experiment_id)
+
+
+def check_sqlite_file(path: Path, kind: str) -> None:
+    """A file that exists must be an SQLite database (a truncated or foreign file is named)."""
+    if path.is_file() and path.stat().st_size > 0:
+        with open(path, "rb") as handle:
+            header = handle.read(16)
+        if header != b"SQLite format 3\x00":
+            raise ConnectionError(
+                f"{path}: not an SQLite database (the {kind} store is corrupt or was replaced); "
+                "restore it from a backup or point tracking.root elsewhere"
+            )
+
+
+def _check_server(uri: str, timeout_s: float = 10) -> None:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+            pass
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConnectionError(
+            f"tracking.mlflow_uri: no MLflow tracking server answers at {uri} ({reason})"
+        ) from exc
+
+
+@contextlib.contextmanager
+def root_lock(root: Path):
+    """An exclusive lock on ``<root>/.lock`` among the processes of this machine."""
+    import fcntl
+
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -12,8 +12,8 @@ import optuna
 
 from workbench import tracking
 from workbench.spec import ExperimentSpec, apply_override, load_spec
-from workbench.study import recovery
 from workbench.study.config import sample_params
+from workbench.study.liveness import WorkerLock
 from workbench.study.recovery import run_tags
 
 FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -44,7 +44,7 @@ class Objective:
         from workbench.deploy.export import example_inputs
         from workbench.train import build_model, fit
 
-        recovery.WorkerLock.of_this_process(self.store.root).record(trial)
+        WorkerLock.of_this_process(self.store.root).record(trial)
         params = sample_params(self.spec.search_space, trial)
         model_params = {k: v for k, v in params.items() if "." not in k}
         spec = _with_dotted_params(self.spec, {k: v for k, v in params.items() if "." in k})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -103,9 +104,9 @@ def test_ctrl_c_mid_trial_then_resume_keeps_completed_trials(tmp_path: Path):
             tiny(
                 root,
                 **{
-                    "trainer.max_epochs": 40,
-                    "trainer.patience": 40,
-                    "data.max_samples": 2000,
+                    "trainer.max_epochs": 8,
+                    "trainer.patience": 8,
+                    "data.max_samples": 1000,
                     "study.pruner": "none",
                     "study.pruner_options": "{}",
                     "explain.enabled": False,
@@ -124,36 +125,71 @@ def test_ctrl_c_mid_trial_then_resume_keeps_completed_trials(tmp_path: Path):
         text=True,
         env={**os.environ, "TQDM_DISABLE": "1"},
     )
-    # Wait until the first trial is running and has logged an epoch, then press Ctrl-C.
-    database = root / "optuna.db"
-    deadline = time.time() + 180
+    # Wait until trial 0 is COMPLETE and trial 1 has logged an epoch, then press Ctrl-C: one
+    # finished trial to keep, one running trial to stop.
+    states: dict[int, str] = {}
+    deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
-        time.sleep(1)
-        try:
-            with sqlite3.connect(database) as connection:
-                rows = connection.execute(
-                    "select count(*) from trial_intermediate_values"
-                ).fetchone()
-        except sqlite3.OperationalError:  # the study has not created its tables yet
-            continue
-        if rows[0] >= 2:
+        time.sleep(0.2)
+        states, epochs = _trial_progress(root / "optuna.db")
+        if states.get(0) == "COMPLETE" and epochs.get(1, 0) >= 1:
             break
     assert process.poll() is None, "the study ended before it could be interrupted"
+    assert states.get(0) == "COMPLETE" and states.get(1) == "RUNNING", states
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 130, output[-3000:]
     assert "re-run to resume" in output
+    assert _trial_progress(root / "optuna.db")[0] == {0: "COMPLETE", 1: "FAIL"}
 
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    interrupted = [r for r in runs if r.data.tags.get("workbench.role") == "trial"]
-    assert [r.info.status for r in interrupted] == ["KILLED"]
-    assert interrupted[0].data.tags["workbench.end_reason"] == "interrupted (Ctrl-C)"
+    runs = _trial_runs(client)
+    assert {n: r.info.status for n, r in runs.items()} == {0: "FINISHED", 1: "KILLED"}
+    assert runs[1].data.tags["workbench.end_reason"] == "interrupted (Ctrl-C)"
+    kept = runs[0]
 
-    resumed = _run(args[:3] + ["1"] + args[4:] + ["--set", "trainer.max_epochs=1"], tmp_path)
+    resumed = _run(args + ["--set", "trainer.max_epochs=1"], tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "1 complete" in resumed.stdout
+    assert "3 complete, 0 pruned, 1 failed" in resumed.stdout
+    states, _ = _trial_progress(root / "optuna.db")
+    assert states == {0: "COMPLETE", 1: "FAIL", 2: "COMPLETE", 3: "COMPLETE"}
+    runs = _trial_runs(client)
+    assert {n: r.info.status for n, r in runs.items()} == {
+        0: "FINISHED",
+        1: "KILLED",
+        2: "FINISHED",
+        3: "FINISHED",
+    }
+    # The completed trial is the same run, untouched by the interruption and the resume.
+    assert runs[0].info.run_id == kept.info.run_id
+    assert runs[0].data.metrics == kept.data.metrics
+    all_runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert not [r for r in all_runs if r.info.status == "RUNNING"]
+
+
+def _trial_progress(database: Path) -> tuple[dict[int, str], dict[int, int]]:
+    """Optuna's trial states and the number of reported epochs, by trial number, read from the
+    study's SQLite file as another process writes it ({} before the tables exist)."""
+    if not database.is_file():
+        return {}, {}
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+            states = dict(db.execute("select number, state from trials"))
+            epochs = dict(
+                db.execute(
+                    "select t.number, count(*) from trial_intermediate_values v "
+                    "join trials t on t.trial_id = v.trial_id group by t.number"
+                )
+            )
+    except sqlite3.OperationalError:  # the study has not created its tables yet
+        return {}, {}
+    return states, epochs
+
+
+def _trial_runs(client: MlflowClient) -> dict[int, object]:
+    """The MLflow run of each trial, by trial number; a trial with two runs fails the test."""
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert not [r for r in runs if r.info.status == "RUNNING"]
-    statuses = sorted(r.info.status for r in runs if r.data.tags.get("workbench.role") == "trial")
-    assert statuses == ["FINISHED", "KILLED"]
+    trials = [r for r in runs if r.data.tags.get("workbench.role") == "trial"]
+    numbered = {int(r.data.tags["workbench.trial"]): r for r in trials}
+    assert len(numbered) == len(trials), "a trial has more than one run"
+    return numbered

@@ -12,6 +12,11 @@ EXPERIMENTS = REPO / "experiments"
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars (the study's, SHAP's) flood test logs
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on the CI's two cores
+    import torch
+
+    torch.set_num_threads(1)  # two all-core thread pools on two cores slow both down
+
 
 def tiny(root: Path, **extra: object) -> list[str]:
     """Overrides that shrink a spec to seconds: 300 images, 1 epoch, small explanations."""

@@ -28,8 +28,8 @@ _EXPORTS = {
     "explain_images": "workbench.explain",
     "explain_model": "workbench.explain",
     "load_model": "workbench.tracking",
-    "trained": "workbench.trained",
-    "TrainedModel": "workbench.trained",
+    "trained": "workbench.trained_model",
+    "TrainedModel": "workbench.trained_model",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -47,7 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from workbench.study import StudyResult, run_study
     from workbench.tracking import load_model
     from workbench.train import build_datamodule, fit
-    from workbench.trained import TrainedModel, trained
+    from workbench.trained_model import TrainedModel, trained
 
 
 def __getattr__(name: str):

@@ -180,7 +180,7 @@ def _any_trial_finished(result) -> bool:
 
 
 def _explain(args) -> int:
-    from workbench.trained import trained
+    from workbench.trained_model import trained
 
     report = trained(args.run_id, root=args.root).explain(
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
@@ -235,7 +235,7 @@ def _export(args: argparse.Namespace) -> int:
         export_torchscript,
         onnx_max_abs_difference,
     )
-    from workbench.trained import trained
+    from workbench.trained_model import trained
 
     model = trained(spec)
     network = model.network.eval()
@@ -254,7 +254,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from workbench.deploy.serve import serve_command, serve_environment
-    from workbench.trained import trained
+    from workbench.trained_model import trained
 
     root = Path(args.root).resolve()
     model = trained(args.model_uri, root=root)  # a name the store does not hold fails here

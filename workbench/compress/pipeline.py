@@ -41,7 +41,7 @@ def compress_best(
     from workbench import tracking
     from workbench.compress.distill import DistilledCNN
     from workbench.train import fit
-    from workbench.trained import trained
+    from workbench.trained_model import trained
 
     best = trained(spec)
     checkpoint, data, teacher = best.checkpoint, best.data, best.module

@@ -71,7 +71,8 @@ def open_linked(
         study = create_study()
         uid, linked = study.user_attrs.get(STUDY_UID), study.user_attrs.get(PARENT_RUN)
         if parent is None:
-            if linked is not None or study.get_trials(deepcopy=False):
+            ran = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+            if linked is not None or ran:  # queued trials alone (enqueue_trial) ran nowhere
                 raise StoresDisagree(
                     f"study {spec.name!r}: {optuna_where} holds it with "
                     f"{len(study.trials)} trials (linked to MLflow run {linked}), but "

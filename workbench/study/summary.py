@@ -142,7 +142,7 @@ def finish_study(
     for name, figure in study_figures(study, spec).items():
         tracking.log_figure(store, parent, figure, f"plots/{name}.png")
     if spec.explain.enabled:
-        from workbench.trained import from_trial
+        from workbench.trained_model import from_trial
 
         settings = spec.explain
         from_trial(spec, best, store, data).explain(

@@ -130,10 +130,14 @@ def from_trial(spec: ExperimentSpec, trial, store=None, data=None) -> TrainedMod
 
 
 def _best_of_study(spec: ExperimentSpec, data=None) -> TrainedModel:
-    from workbench.study import load_best_trial
+    from workbench.study import load_best_trial, storage_url
 
     store = _store(spec.tracking.root, spec.tracking.experiment, spec.tracking.mlflow_uri)
-    return from_trial(spec, load_best_trial(spec), store, data)
+    try:
+        best = load_best_trial(spec)
+    except KeyError as exc:  # Optuna's "Record does not exist."
+        raise LookupError(f"study {spec.name!r}: not in {storage_url(spec)}; run it first") from exc
+    return from_trial(spec, best, store, data)
 
 
 def _from_run(store, run_id: str, overrides, data=None) -> TrainedModel:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -16,20 +15,8 @@ import pytest
 
 from tests.conftest import EXPERIMENTS, tiny
 from tests.servers import free_port
+from tests.test_cli import WORKBENCH, _run, _sets
 from workbench import cli
-
-WORKBENCH = [sys.executable, "-m", "workbench.cli"]
-
-
-def _run(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TQDM_DISABLE": "1"}
-    return subprocess.run(
-        WORKBENCH + args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
-    )
-
-
-def _sets(overrides: list[str]) -> list[str]:
-    return [arg for item in overrides for arg in ("--set", item)]
 
 
 def _table_study(root: Path, extra: dict | None = None) -> list[str]:

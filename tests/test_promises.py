@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,26 +17,15 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import EXPERIMENTS, tiny
+from tests.test_cli import _run, _sets
 from workbench import tracking
 from workbench.spec import load_spec
 from workbench.study import run_study, storage_url
 
 DIGITS = EXPERIMENTS / "digits_cnn.yaml"
 MNIST = EXPERIMENTS / "mnist_cnn.yaml"
-WORKBENCH = [sys.executable, "-m", "workbench.cli"]
 GOOD_LR = "{lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}}"
 WIDE_LR = "{lr: {type: float, low: 1.0e-8, high: 1.0e10, log: true}}"
-
-
-def _cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TQDM_DISABLE": "1"}
-    return subprocess.run(
-        WORKBENCH + args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
-    )
-
-
-def _sets(overrides: list[str]) -> list[str]:
-    return [arg for item in overrides for arg in ("--set", item)]
 
 
 def _digits(root: Path, **extra):
@@ -117,7 +104,7 @@ def test_export_writes_torchscript_and_onnx_that_compute_the_network(cnn_store, 
 
     overrides, result = cnn_store
     out = tmp_path / "exports"
-    done = _cli(["export", str(MNIST), *_sets(overrides), "--out", str(out)], tmp_path)
+    done = _run(["export", str(MNIST), *_sets(overrides), "--out", str(out)], tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     script, onnx_file = out / "mnist_cnn.pt", out / "mnist_cnn.onnx"
     assert f"TorchScript: {script}" in done.stdout and f"ONNX:        {onnx_file}" in done.stdout
@@ -137,7 +124,7 @@ def test_export_writes_torchscript_and_onnx_that_compute_the_network(cnn_store, 
 def test_compress_prints_every_variant_and_logs_it(cnn_store, tmp_path: Path):
     overrides, result = cnn_store
     args = ["compress", str(MNIST), *_sets(overrides), "--distill-epochs", "1"]
-    done = _cli([*args, "--finetune-epochs", "1"], tmp_path)
+    done = _run([*args, "--finetune-epochs", "1"], tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     lines = done.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("variant"))
@@ -195,7 +182,7 @@ def test_two_workers_on_the_default_sqlite_store(tmp_path: Path):
     }
     overrides = tiny(root, **settings)
     args = ["study", str(MNIST), "--trials", "3", "--workers", "2", *_sets(overrides)]
-    done = _cli(args, tmp_path)
+    done = _run(args, tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "running 3 more on 2 workers" in done.stdout
     assert "3 complete, 0 pruned, 0 failed" in done.stdout

@@ -50,7 +50,7 @@ def run_study(
 
     data = build_datamodule(spec)
     data.setup()  # a missing or broken data file fails here, before any run is opened
-    storage = pool.storage(spec)  # an unreachable or corrupt database fails here
+    storage = pool.open_study_storage(spec)  # an unreachable or corrupt database fails here
     recovery.check_mlflow_side_exists(spec, storage)
     store = tracking.open_store(
         spec.tracking.root, spec.tracking.experiment, spec.tracking.mlflow_uri

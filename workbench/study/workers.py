@@ -187,16 +187,17 @@ def report_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     )
 
 
-def storage(spec: ExperimentSpec) -> optuna.storages.RDBStorage:
+def open_study_storage(spec: ExperimentSpec) -> optuna.storages.RDBStorage:
+    """The spec's Optuna storage, with heartbeats and retries for dead workers' trials."""
     return open_storage(storage_url(spec), spec.study.heartbeat_s, spec.study.retries)
 
 
-def open_study(spec: ExperimentSpec, storage_=None) -> optuna.Study:
+def open_study(spec: ExperimentSpec, storage=None) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directions = [spec.study.direction, *spec.study.extra_objectives.values()]
     return optuna.create_study(
         study_name=spec.name,
-        storage=storage_ or storage(spec),
+        storage=storage or open_study_storage(spec),
         sampler=make_sampler(spec),  # seeded per trial: processes and resumes never repeat
         pruner=make_pruner(spec),
         directions=directions,

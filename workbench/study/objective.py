@@ -18,7 +18,6 @@ from workbench.study.recovery import run_tags
 
 FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 KILLED = (optuna.TrialPruned,)  # a trial ended by these is KILLED in MLflow, not FAILED
-CHECKPOINT = "workbench.checkpoint"  # tag: the trial's best checkpoint
 
 
 class Objective:
@@ -89,7 +88,6 @@ class Objective:
             model_uri = tracking.log_model(
                 store, run_id, model.net, example_inputs(model, data, 2).cpu().numpy()
             )
-            tracking.set_tags(store, run_id, {CHECKPOINT: result.checkpoint})
         trial.set_user_attr("checkpoint", result.checkpoint)
         trial.set_user_attr("model_uri", model_uri)
         trial.set_user_attr("test_metrics", result.test_metrics)

@@ -110,20 +110,6 @@ def scoring_app(model_uri: str) -> tuple[Any, str | None]:
     return scoring_server.init(model), str(schema) if schema else None
 
 
-def logged_model_uri(store: Store, run_id: str) -> str:
-    """The URI of the model a run logged; clear errors for a missing run or a run without one."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        run = store.client.get_run(run_id)
-    except MlflowException as exc:
-        raise LookupError(f"run id {run_id!r}: no such run in {store.tracking_uri}") from exc
-    outputs = run.outputs.model_outputs if run.outputs else []
-    if not outputs:
-        raise LookupError(f"run id {run_id!r}: the run has no logged model (is it a trial run?)")
-    return f"models:/{outputs[0].model_id}"
-
-
 def resolve_run_id(store: Store, source: str) -> str:
     """The run behind a run id or a ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or
     ``models:/m-...`` URI; a clear ``LookupError`` for anything the store does not hold."""

@@ -33,7 +33,7 @@ import yaml
 import workbench.study
 from workbench.spec import load_spec
 from workbench.study import run_study
-from workbench.train import build_datamodule, build_model, fit
+from workbench.train import data_from_spec, fit, module_from_spec
 
 SPEC = Path(__file__).resolve().parents[1] / "experiments" / "mnist_cnn.yaml"
 
@@ -81,7 +81,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         spec = _spec(f"{tmp}/mlruns", args.epochs)
-        data = build_datamodule(spec)
+        data = data_from_spec(spec)
         epoch_logging = EpochLoggingTimer()
         finished = 0
 
@@ -101,7 +101,7 @@ def main() -> None:
         def untracked() -> float:
             started = time.perf_counter()
             pl.seed_everything(spec.seed, verbose=False)
-            model = build_model(spec, data)
+            model = module_from_spec(spec, data)
             fit(model, data, spec.trainer, Path(tmp) / f"plain-{time.monotonic_ns()}")
             return time.perf_counter() - started
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
 from workbench.models.cnn import ConvNet
-from workbench.registry import build_data, build_model
+from workbench.registry import create_data, create_model
 from workbench.spec import TrainerSpec
 from workbench.train import fit
 
@@ -85,7 +85,7 @@ def hand_written(
 
 def workbench_trial(data, epochs: int, seed: int, accelerator: str):
     pl.seed_everything(seed, verbose=False)
-    model = build_model("cnn", **data.model_kwargs(), width=32, depth=2, hidden=128, dropout=0.25)
+    model = create_model("cnn", **data.model_kwargs(), width=32, depth=2, hidden=128, dropout=0.25)
     timer = EpochTimer()
     spec = TrainerSpec(max_epochs=epochs, patience=epochs, accelerator=accelerator)
     with tempfile.TemporaryDirectory() as tmp:
@@ -110,8 +110,8 @@ def main() -> None:
     )
     accelerator = "gpu" if device.type == "cuda" else "cpu"
 
-    fast = build_data("mnist_subset", seed=args.seed, batch_size=args.batch_size, on_device=True)
-    plain = build_data("mnist_subset", seed=args.seed, batch_size=args.batch_size, on_device=False)
+    fast = create_data("mnist_subset", seed=args.seed, batch_size=args.batch_size, on_device=True)
+    plain = create_data("mnist_subset", seed=args.seed, batch_size=args.batch_size, on_device=False)
     paths = {
         "hand-written loop": lambda: hand_written(
             fast, args.epochs, args.batch_size, args.seed, device

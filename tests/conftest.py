@@ -53,10 +53,10 @@ def save_checkpoint(model, path: Path) -> Path:
 @pytest.fixture(scope="session")
 def teacher_checkpoint(tmp_path_factory) -> str:
     """An untrained 28×28 ``cnn`` checkpoint, for specs and models that need a teacher."""
-    from workbench.registry import build_model
+    from workbench.registry import create_model
 
     path = tmp_path_factory.mktemp("teacher28") / "teacher.ckpt"
-    return str(save_checkpoint(build_model("cnn", input_shape=(1, 28, 28), num_classes=10), path))
+    return str(save_checkpoint(create_model("cnn", input_shape=(1, 28, 28), num_classes=10), path))
 
 
 @pytest.fixture

@@ -19,10 +19,10 @@ from torchmetrics.classification import MulticlassF1Score
 
 from tests.conftest import EXPERIMENTS, tiny
 from workbench import registry, tracking
-from workbench.deploy.export import example_inputs
+from workbench.registry import load_module
 from workbench.spec import load_spec
 from workbench.study import run_study
-from workbench.train import build_datamodule, load_module
+from workbench.train import data_from_spec
 
 # Each experiment's tiny run: the smallest settings (seconds) at which it beats its baseline.
 # The adding problem is shortened to T = 5 (at T = 100 even the full plain-RNN study does not
@@ -175,7 +175,7 @@ def _check_beats_baseline(name: str, spec, result, data) -> None:
         assert judged["min_class_share"] == pytest.approx(metrics["test/min_class_share"], abs=1e-6)
         # ... and its samples convince the judge more than those of the untrained generator.
         pl.seed_everything(spec.seed, verbose=False)
-        untrained = registry.build_model("gan", **trained.hparams).eval()
+        untrained = registry.create_model("gan", **trained.hparams).eval()
         untrained.pixel_mean.copy_(trained.pixel_mean)
         untrained.pixel_std.copy_(trained.pixel_std)
         baseline = _judged(untrained)["confidence"]
@@ -210,7 +210,7 @@ def test_experiment_runs_through_the_study_path(
 
     assert (result.n_complete, result.n_failed) == (1, 0)
     assert METRICS[name] <= set(result.test_metrics), result.test_metrics
-    data = build_datamodule(spec)
+    data = data_from_spec(spec)
     _check_beats_baseline(name, spec, result, data)
     client = MlflowClient(result.tracking_uri)
     assert client.get_run(result.parent_run_id).info.status == "FINISHED"
@@ -231,10 +231,10 @@ def test_experiment_runs_through_the_study_path(
         assert drawn and all(p.endswith(".png") for p in drawn), folder
 
     # The registered MLflow model and the checkpoint compute the same function.
-    network = tracking.load_model(f"models:/{result.registered_model}@champion")
+    network = tracking.load_network(f"models:/{result.registered_model}@champion")
     trial = result.load_study().trials[result.best_trial]
     module = load_module(trial.user_attrs["checkpoint"], spec.model.name)
-    inputs = example_inputs(module, data, 4)
+    inputs = module.example_input(data, 4)
     with torch.no_grad():
         torch.testing.assert_close(network(inputs), module.net(inputs), atol=1e-5, rtol=1e-4)
 

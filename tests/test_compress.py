@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from mlflow.tracking import MlflowClient
 
-from workbench.compress.distill import distillation_loss
 from workbench.compress.prune import channel_prune, magnitude_prune, make_permanent, weight_sparsity
 from workbench.compress.quantize import quantize_dynamic_int8, quantize_static_int8
 from workbench.compress.report import file_size_bytes, measure
 from workbench.models.cnn import ConvNet
-from workbench.registry import build_data, build_model
+from workbench.models.distilled_cnn import distillation_loss
+from workbench.registry import create_data, create_model
 from workbench.spec import TrainerSpec
 from workbench.train import fit
 
@@ -24,8 +24,8 @@ from workbench.train import fit
 def trained(tmp_path_factory):
     """A CNN trained for a few epochs on the 8×8 digits, and its data."""
     pl.seed_everything(0, verbose=False)
-    data = build_data("digits", seed=0, batch_size=64)
-    module = build_model("cnn", **data.model_kwargs(), width=16, hidden=64)
+    data = create_data("digits", seed=0, batch_size=64)
+    module = create_model("cnn", **data.model_kwargs(), width=16, hidden=64)
     fit(
         module,
         data,

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.data.images import random_affine, read_idx
-from workbench.registry import build_data
+from workbench.data.arrays import random_affine
+from workbench.data.images import read_idx
+from workbench.registry import create_data
 
 
 def test_mnist_subset_splits_are_stratified_disjoint_and_seeded():
-    data = build_data("mnist_subset", seed=0)
+    data = create_data("mnist_subset", seed=0)
     sizes = {name: len(data.split(name)[1]) for name in ("train", "val", "test")}
     assert sizes == {"train": 4000, "val": 500, "test": 500}
     for name in ("val", "test"):
@@ -24,15 +25,15 @@ def test_mnist_subset_splits_are_stratified_disjoint_and_seeded():
         )  # 10 % of 500 per digit
     train = {row.numpy().tobytes() for row in data.split("train")[0][:, 0]}
     assert not any(row.numpy().tobytes() in train for row in data.split("test")[0][:, 0])
-    again = build_data("mnist_subset", seed=0)
+    again = create_data("mnist_subset", seed=0)
     assert torch.equal(again.split("test")[0], data.split("test")[0])
-    other = build_data("mnist_subset", seed=1)
+    other = create_data("mnist_subset", seed=1)
     assert not torch.equal(other.split("test")[0], data.split("test")[0])
     assert data.fingerprint_ == again.fingerprint_ != other.fingerprint_
 
 
 def test_normalisation_is_fitted_on_the_training_split_only():
-    data = build_data("digits", seed=0)
+    data = create_data("digits", seed=0)
     train = data.split("train")[0]
     assert train.mean().item() == pytest.approx(0.0, abs=1e-4)
     assert train.std().item() == pytest.approx(1.0, abs=1e-3)
@@ -43,7 +44,7 @@ def test_normalisation_is_fitted_on_the_training_split_only():
 
 
 def test_max_samples_subsamples_before_splitting():
-    data = build_data("digits", seed=0, max_samples=200)
+    data = create_data("digits", seed=0, max_samples=200)
     total = sum(len(data.split(n)[1]) for n in ("train", "val", "test"))
     assert total == 200
 
@@ -83,7 +84,7 @@ def test_read_idx_round_trips(tmp_path: Path):
 
 def test_idx_directory_keeps_its_own_test_split(tmp_path: Path):
     x_test, y_test = _write_mnist_dir(tmp_path)
-    data = build_data("idx", path=str(tmp_path), seed=0)
+    data = create_data("idx", path=str(tmp_path), seed=0)
     images, labels = data.split("test")
     assert labels.tolist() == y_test.tolist()
     assert np.allclose(data.to_pixels(images)[:, 0].numpy(), x_test / 255.0, atol=1e-5)
@@ -94,9 +95,9 @@ def test_idx_missing_file_names_the_path(tmp_path: Path):
     _write_mnist_dir(tmp_path)
     (tmp_path / "t10k-labels-idx1-ubyte").unlink()
     with pytest.raises(FileNotFoundError, match="t10k-labels-idx1-ubyte"):
-        build_data("idx", path=str(tmp_path))
+        create_data("idx", path=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="no_such_dir"):
-        build_data("idx", path=str(tmp_path / "no_such_dir"))
+        create_data("idx", path=str(tmp_path / "no_such_dir"))
 
 
 def test_random_affine_moves_pixels_but_keeps_shape_and_identity_is_identity():
@@ -112,7 +113,7 @@ def test_random_affine_moves_pixels_but_keeps_shape_and_identity_is_identity():
 
 # --- tables -----------------------------------------------------------------------------------
 def test_tabular_features_are_standardised_with_training_statistics_only():
-    data = build_data("breast_cancer", seed=0, test_fraction=0.2)
+    data = create_data("breast_cancer", seed=0, test_fraction=0.2)
     train, _ = data.split("train")
     test, _ = data.split("test")
     assert train.shape[1] == 30 and data.model_kwargs()["input_shape"] == (30,)
@@ -130,7 +131,7 @@ def test_csv_loader_reads_features_and_labels(tmp_path: Path):
     path = tmp_path / "table.csv"
     rows = ["a,b,label"] + [f"{i},{i % 3},{'yes' if i % 2 else 'no'}" for i in range(40)]
     path.write_text("\n".join(rows) + "\n")
-    data = build_data("csv", path=str(path), target="label", seed=0)
+    data = create_data("csv", path=str(path), target="label", seed=0)
     x, y = data.split("train")
     assert x.shape[1] == 2 and set(y.tolist()) == {0, 1}
     assert data.feature_names == ["a", "b"] and data.class_names == ["no", "yes"]
@@ -142,12 +143,12 @@ def test_csv_loader_names_what_is_wrong(tmp_path: Path):
     path = tmp_path / "table.csv"
     path.write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="data.options.target: column 'label' not in"):
-        build_data("csv", path=str(path), seed=0)
+        create_data("csv", path=str(path), seed=0)
     with pytest.raises(FileNotFoundError, match="missing.csv"):
-        build_data("csv", path=str(tmp_path / "missing.csv"), seed=0)
+        create_data("csv", path=str(tmp_path / "missing.csv"), seed=0)
     path.write_text("a,kind,label\n1,x,0\n")
     with pytest.raises(ValueError, match=r"non-numeric feature columns \['kind'\]"):
-        build_data("csv", path=str(path), seed=0)
+        create_data("csv", path=str(path), seed=0)
 
 
 def _table(path: Path, rows: list[str]) -> str:
@@ -165,7 +166,7 @@ def test_csv_empty_labels_are_rejected_not_made_a_class(tmp_path: Path):
         rows[row] = rows[row].rsplit(",", 1)[0] + ","
     path = _table(tmp_path / "labels.csv", rows)
     with pytest.raises(ValueError) as error:
-        build_data("csv", path=path, seed=0)
+        create_data("csv", path=path, seed=0)
     message = str(error.value)
     assert message.startswith(f"data.path: {path}: ")
     assert "column 'label' has 3 empty values (data rows 4, 9, 17)" in message
@@ -181,7 +182,7 @@ def test_csv_empty_or_infinite_features_are_rejected_naming_each_column(tmp_path
     rows[9] = "9,1e39,yes"  # finite, but infinite as the float32 the model sees
     path = _table(tmp_path / "features.csv", rows)
     with pytest.raises(ValueError) as error:
-        build_data("csv", path=path, seed=0)
+        create_data("csv", path=path, seed=0)
     message = str(error.value)
     assert "column 'a' has 2 empty values (data rows 1, 8)" in message
     both = "column 'b' has 1 empty value (data row 8) and 3 infinite values (data rows 6, 7, 10)"
@@ -197,28 +198,28 @@ def test_csv_long_lists_of_bad_rows_are_shortened(tmp_path: Path):
         match=r"column 'b' has 30 empty values \(data rows 1, 2, 3, 4, "
         r"5, \.\.\. 30\)",
     ):
-        build_data("csv", path=path, seed=0)
+        create_data("csv", path=path, seed=0)
 
 
 def test_csv_needs_rows_and_two_classes(tmp_path: Path):
     path = _table(tmp_path / "header_only.csv", [])
     with pytest.raises(ValueError, match=r"data.path: .*header_only.csv has no data rows"):
-        build_data("csv", path=path, seed=0)
+        create_data("csv", path=path, seed=0)
     empty = tmp_path / "empty.csv"
     empty.write_text("")
     with pytest.raises(ValueError, match=r"data.path: .*empty.csv is empty"):
-        build_data("csv", path=str(empty), seed=0)
+        create_data("csv", path=str(empty), seed=0)
     path = _table(tmp_path / "one_class.csv", [f"{i},{i},yes" for i in range(30)])
     with pytest.raises(
         ValueError, match=r"column 'label' .* holds a single class \('yes'\); .* at least two"
     ):
-        build_data("csv", path=path, seed=0)
+        create_data("csv", path=path, seed=0)
 
 
 # --- sequences --------------------------------------------------------------------------------
 def test_sequential_mnist_reads_rows_as_time_steps():
-    data = build_data("sequential_mnist", seed=0, max_samples=200)
-    images = build_data("mnist_subset", seed=0, max_samples=200)
+    data = create_data("sequential_mnist", seed=0, max_samples=200)
+    images = create_data("mnist_subset", seed=0, max_samples=200)
     rows, labels = data.split("test")
     assert rows.shape[1:] == (28, 28) and data.model_kwargs()["input_shape"] == (28, 28)
     torch.testing.assert_close(rows, images.split("test")[0][:, 0])  # same digits, same order
@@ -242,23 +243,23 @@ def test_adding_problem_targets_by_hand():
 
 
 def test_adding_data_module_splits_are_seeded_and_options_checked():
-    data = build_data("adding", length=30, n_train=64, n_val=16, n_test=16, seed=3)
+    data = create_data("adding", length=30, n_train=64, n_val=16, n_test=16, seed=3)
     assert data.split("train")[0].shape == (64, 30, 2)
     assert data.model_kwargs() == {"input_shape": (30, 2), "num_classes": 1, "task": "regression"}
-    other = build_data("adding", length=30, n_train=128, n_val=16, n_test=16, seed=3)
+    other = create_data("adding", length=30, n_train=128, n_val=16, n_test=16, seed=3)
     assert torch.equal(data.split("test")[0], other.split("test")[0])  # test set stays put
     with pytest.raises(ValueError, match="data.options.lenght"):
-        build_data("adding", lenght=30)
+        create_data("adding", lenght=30)
 
 
 # --- environments -----------------------------------------------------------------------------
 def test_gym_module_sizes_the_agent_and_rejects_bad_environments():
-    data = build_data("gym", env="CartPole-v1", steps_per_epoch=50, seed=0)
+    data = create_data("gym", env="CartPole-v1", steps_per_epoch=50, seed=0)
     assert data.model_kwargs() == {"input_shape": (4,), "num_classes": 2, "env": "CartPole-v1"}
     assert len(data.train_dataloader()) == 50
     states, _ = data.split("test")
     assert states.shape[1] == 4
     with pytest.raises(ValueError, match="data.options.env: cannot make 'NoSuchEnv-v0'"):
-        build_data("gym", env="NoSuchEnv-v0")
+        create_data("gym", env="NoSuchEnv-v0")
     with pytest.raises(ValueError, match="needs discrete actions"):
-        build_data("gym", env="Pendulum-v1")
+        create_data("gym", env="Pendulum-v1")

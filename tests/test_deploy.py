@@ -13,9 +13,11 @@ import torch
 
 from tests.servers import free_port, serving
 from tests.test_ui import assert_loopback_only
+from workbench.deploy import serve
 from workbench.deploy.export import export_onnx, export_torchscript, onnx_max_abs_difference
 from workbench.deploy.serve import PredictionError, post_json, predict
-from workbench.train import build_datamodule, load_module
+from workbench.registry import load_module
+from workbench.train import data_from_spec
 
 
 def _best_network(spec, result):
@@ -26,7 +28,7 @@ def _best_network(spec, result):
 def test_torchscript_and_onnx_reproduce_the_network(tiny_study, tmp_path: Path):
     spec, result = tiny_study
     network = _best_network(spec, result)
-    inputs = build_datamodule(spec).split("test")[0][:32]
+    inputs = data_from_spec(spec).split("test")[0][:32]
     scripted = torch.jit.load(str(export_torchscript(network, inputs[:2], tmp_path / "m.pt")))
     with torch.no_grad():
         assert torch.allclose(scripted(inputs), network(inputs), atol=1e-5)  # batch 32, traced on 2
@@ -66,7 +68,7 @@ def test_served_model_matches_in_process_predictions_and_refuses_bad_input(tiny_
     command = [sys.executable, "-m", "workbench.cli", "serve", uri, "--root", spec.tracking.root]
     with serving([*command, "--port", str(port)], f"{url}/ping"):
         assert_loopback_only(port)  # the default bind address: 127.0.0.1 only
-        inputs = build_datamodule(spec).split("test")[0][:8]
+        inputs = data_from_spec(spec).split("test")[0][:8]
         served = predict(url, inputs.numpy())
         with torch.no_grad():
             expected = _best_network(spec, result)(inputs).numpy()
@@ -103,3 +105,37 @@ def test_served_model_matches_in_process_predictions_and_refuses_bad_input(tiny_
         )
         assert cli.returncode == 0, cli.stderr
         assert json.loads(cli.stdout)["classes"] == expected[:3].argmax(1).tolist()
+
+
+@pytest.mark.slow
+def test_serving_block_starts_answers_and_stops_the_server(tiny_study):
+    """What notebook 04 uses: the block yields a URL that answers, and nothing listens after."""
+    import socket
+
+    spec, result = tiny_study
+    port = free_port()
+    inputs = data_from_spec(spec).split("test")[0][:4]
+    with serve.serving(
+        f"models:/{result.registered_model}@champion", result.tracking_uri, port
+    ) as url:
+        assert url == f"http://127.0.0.1:{port}"
+        assert_loopback_only(port)
+        with torch.no_grad():
+            expected = _best_network(spec, result)(inputs).numpy()
+        assert np.allclose(predict(url, inputs.numpy()), expected, atol=1e-4)
+        with pytest.raises(RuntimeError, match=f"port {port} is in use"):  # ours holds it
+            with serve.serving("models:/other@champion", result.tracking_uri, port):
+                pass
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), 2):
+        pass  # the server and its workers are gone
+
+
+@pytest.mark.slow
+def test_serving_block_names_the_model_when_the_server_dies(tiny_study):
+    _, result = tiny_study
+    missing = "models:/no_such_model@champion"
+    with pytest.raises(
+        RuntimeError, match="serving models:/no_such_model@champion: the server exited"
+    ):
+        with serve.serving(missing, result.tracking_uri, free_port(), timeout_s=60):
+            pytest.fail("a server for a model that does not exist came up")

@@ -12,7 +12,7 @@ import torch
 
 from tests.conftest import EXPERIMENTS
 from workbench.data.device import DeviceBatches
-from workbench.registry import build_data, build_model
+from workbench.registry import create_data, create_model
 from workbench.spec import SpecError, TrainerSpec, load_spec
 from workbench.train import device_defaults, fit
 
@@ -58,8 +58,8 @@ def test_bad_speed_switches_are_named(override: str, field: str):
 
 def _train(on_device: bool, tmp_path: Path) -> float:
     pl.seed_everything(0, verbose=False)
-    data = build_data("digits", seed=0, batch_size=32, on_device=on_device)
-    model = build_model("cnn", **data.model_kwargs(), width=16)
+    data = create_data("digits", seed=0, batch_size=32, on_device=on_device)
+    model = create_model("cnn", **data.model_kwargs(), width=16)
     spec = TrainerSpec(max_epochs=4, patience=4, accelerator="cpu")
     return fit(model, data, spec, tmp_path / str(on_device)).test_metrics["test/acc"]
 
@@ -86,8 +86,8 @@ def test_import_workbench_loads_no_heavy_library():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_path_keeps_batches_on_the_device(tmp_path: Path):
-    data = build_data("digits", seed=0, batch_size=64)
-    model = build_model("cnn", **data.model_kwargs(), width=16)
+    data = create_data("digits", seed=0, batch_size=64)
+    model = create_model("cnn", **data.model_kwargs(), width=16)
     seen = []
 
     class Probe(pl.Callback):

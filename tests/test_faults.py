@@ -71,7 +71,7 @@ POINTS = [
     ("closing a run", "workbench.tracking.end_run", "after", 3),
     ("opening a run", "workbench.tracking.start_run", "after", 3),
     ("registration", "mlflow.tracking.MlflowClient.set_registered_model_alias", "before", 1),
-    ("registration", "workbench.tracking.register_model", "after", 1),
+    ("registration", "workbench.tracking.register_version", "after", 1),
 ]
 
 

@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import save_checkpoint
-from workbench.registry import UnknownNameError, available_models, build_model
-from workbench.train import load_module
+from workbench.registry import UnknownNameError, available_models, create_model, load_module
 
 # Constructor arguments the data would supply, and the size of one output row.
 SHAPES = {
@@ -33,7 +32,7 @@ CLASSIFIERS = ["cnn", "distilled_cnn", "mlp", "rnn", "lstm", "gru", "transformer
 def checkpoint_8x8(tmp_path_factory) -> str:
     """A saved 8×8 ``cnn`` checkpoint: teacher of ``distilled_cnn``, judge of ``gan``."""
     path = tmp_path_factory.mktemp("teacher") / "teacher.ckpt"
-    save_checkpoint(build_model("cnn", input_shape=(1, 8, 8), num_classes=10, width=8), path)
+    save_checkpoint(create_model("cnn", input_shape=(1, 8, 8), num_classes=10, width=8), path)
     return str(path)
 
 
@@ -42,7 +41,7 @@ def _build(name: str, checkpoint: str, **hparams):
         "distilled_cnn": {"teacher_checkpoint": checkpoint},
         "gan": {"judge_checkpoint": checkpoint},
     }
-    return build_model(name, **{**SHAPES[name][0], **extra.get(name, {}), **hparams})
+    return create_model(name, **{**SHAPES[name][0], **extra.get(name, {}), **hparams})
 
 
 def _inputs(name: str, n: int, seed: int = 0) -> torch.Tensor:
@@ -98,7 +97,7 @@ def test_a_classifier_overfits_a_single_batch(name: str, checkpoint_8x8: str):
 def test_a_regressor_overfits_a_single_batch(name: str, checkpoint_8x8: str):
     torch.manual_seed(0)
     config = {**SHAPES[name][0], "num_classes": 1, "task": "regression"}
-    model = build_model(name, **config, **({"dropout": 0.0} if name != "lstm" else {}))
+    model = create_model(name, **config, **({"dropout": 0.0} if name != "lstm" else {}))
     inputs = _inputs(name, 32)
     targets = torch.rand(32, generator=torch.Generator().manual_seed(1))
     model.train()
@@ -166,7 +165,7 @@ def test_same_seed_same_weights(name: str, checkpoint_8x8: str):
 
 def test_transformer_ignores_padded_steps():
     torch.manual_seed(0)
-    model = build_model("transformer", input_shape=(10, 3), num_classes=4, d_model=16, heads=2)
+    model = create_model("transformer", input_shape=(10, 3), num_classes=4, d_model=16, heads=2)
     model.eval()
     sequences = torch.randn(2, 10, 3)
     mask = torch.zeros(2, 10, dtype=torch.bool)
@@ -231,7 +230,7 @@ def test_gan_judge_detects_mode_collapse(checkpoint_8x8: str):
 
 def test_unknown_model_lists_the_valid_ones():
     with pytest.raises(UnknownNameError, match="valid: .*cnn.*dqn.*gan.*lstm.*transformer"):
-        build_model("perceptron9000")
+        create_model("perceptron9000")
 
 
 def test_gan_exports_a_moving_average_of_the_generator(checkpoint_8x8: str):
@@ -274,11 +273,11 @@ def test_gan_discriminator_with_spectral_norm_has_unit_spectral_norm(checkpoint_
 
 def test_a_diverged_gan_stops_with_floating_point_error(checkpoint_8x8: str, tmp_path: Path):
     """The GAN logs two losses and no ``train/loss``: a NaN in either still stops the run."""
-    from workbench.registry import build_data
+    from workbench.registry import create_data
     from workbench.spec import TrainerSpec
     from workbench.train import fit
 
-    data = build_data("digits", seed=0, batch_size=64, normalize=False)
+    data = create_data("digits", seed=0, batch_size=64, normalize=False)
     model = _build("gan", checkpoint_8x8)
     with torch.no_grad():
         model.discriminator.net[-1].bias.fill_(float("nan"))
@@ -311,10 +310,10 @@ def test_infogan_codes_are_the_one_hot_argmax_of_the_first_noise_entries(checkpo
 def test_infogan_recovers_its_codes_after_a_short_training(checkpoint_8x8: str, tmp_path: Path):
     """Trained through the real Trainer, the discriminator's code head tells the generator's
     four categories apart far above chance (25 %), and each epoch draws one row per code."""
-    from workbench.registry import build_data
+    from workbench.registry import create_data
 
     pl.seed_everything(0)
-    data = build_data("digits", seed=0, batch_size=32, normalize=False)
+    data = create_data("digits", seed=0, batch_size=32, normalize=False)
     model = _build("gan", checkpoint_8x8, info_codes=4, lr=1e-3)
     trainer = pl.Trainer(
         max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -343,14 +342,13 @@ def test_export_feeds_the_network_what_it_takes(name: str, checkpoint_8x8: str, 
     """A GAN's exported generator takes noise, not test images; the InfoGAN code path (argmax,
     one-hot) survives tracing and ONNX with a dynamic batch."""
     from workbench.deploy.export import (
-        example_inputs,
         export_onnx,
         export_torchscript,
         onnx_max_abs_difference,
     )
 
     model = _build(name, checkpoint_8x8, **({"info_codes": 3} if name == "gan" else {})).eval()
-    inputs = example_inputs(model, None, 64)
+    inputs = model.example_input(None, 64)
     assert inputs.shape == ((64, 8) if name == "gan" else (64, 4))
     scripted = torch.jit.load(str(export_torchscript(model.net, inputs[:2], tmp_path / "m.pt")))
     with torch.no_grad():

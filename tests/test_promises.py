@@ -92,7 +92,7 @@ def cnn_store(tmp_path_factory) -> tuple[list[str], object]:
 
 
 def _best_network(result):
-    from workbench.train import load_module
+    from workbench.registry import load_module
 
     trial = result.load_study().trials[result.best_trial]
     return load_module(trial.user_attrs["checkpoint"], "cnn").net.eval()
@@ -100,7 +100,7 @@ def _best_network(result):
 
 def test_export_writes_torchscript_and_onnx_that_compute_the_network(cnn_store, tmp_path: Path):
     from workbench.deploy.export import onnx_max_abs_difference
-    from workbench.train import build_datamodule
+    from workbench.train import data_from_spec
 
     overrides, result = cnn_store
     out = tmp_path / "exports"
@@ -113,7 +113,7 @@ def test_export_writes_torchscript_and_onnx_that_compute_the_network(cnn_store, 
     assert result.model_uri in done.stdout
 
     network = _best_network(result)
-    inputs = build_datamodule(load_spec(MNIST, overrides)).split("test")[0][:16]
+    inputs = data_from_spec(load_spec(MNIST, overrides)).split("test")[0][:16]
     with torch.no_grad():
         expected = network(inputs)
         torch.testing.assert_close(torch.jit.load(str(script))(inputs), expected, atol=1e-5, rtol=0)
@@ -281,11 +281,11 @@ class _Payload:
 
 @pytest.mark.parametrize("loader", ["load_module", "load_checkpoint_weights"])
 def test_checkpoint_loading_refuses_a_pickle_without_running_it(loader: str, tmp_path: Path):
-    from workbench.registry import build_model
-    from workbench.train import load_checkpoint_weights, load_module
+    from workbench.registry import create_model, load_module
+    from workbench.train import load_checkpoint_weights
 
     marker = tmp_path / "code-ran"
-    model = build_model("cnn", input_shape=(1, 8, 8), num_classes=10, width=8)
+    model = create_model("cnn", input_shape=(1, 8, 8), num_classes=10, width=8)
     checkpoint = tmp_path / "evil.ckpt"
     torch.save(
         {"state_dict": model.state_dict(), "hyper_parameters": {"width": _Payload(marker)}},
@@ -306,10 +306,9 @@ def test_checkpoint_loading_refuses_a_pickle_without_running_it(loader: str, tmp
 
 def test_an_honest_checkpoint_still_loads(tmp_path: Path):
     from tests.conftest import save_checkpoint
-    from workbench.registry import build_model
-    from workbench.train import load_module
+    from workbench.registry import create_model, load_module
 
-    model = build_model("cnn", input_shape=(1, 8, 8), num_classes=10, width=8).eval()
+    model = create_model("cnn", input_shape=(1, 8, 8), num_classes=10, width=8).eval()
     path = save_checkpoint(model, tmp_path / "honest.ckpt")
     inputs = torch.from_numpy(np.random.default_rng(0).normal(size=(4, 1, 8, 8)).astype("f4"))
     with torch.no_grad():

@@ -314,7 +314,7 @@ def test_a_dead_optuna_database_server_is_named(tmp_path: Path):
 
 
 def test_a_truncated_checkpoint_is_named(tmp_path: Path, demo_store: Path):
-    from workbench.train import load_module
+    from workbench.registry import load_module
 
     source = next((demo_store / "checkpoints").rglob("*.ckpt"))
     broken = tmp_path / "broken.ckpt"

@@ -12,9 +12,10 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import EXPERIMENTS, tiny
 from workbench import tracking
+from workbench.registry import load_module
 from workbench.spec import load_spec
 from workbench.study import run_study
-from workbench.train import build_datamodule, load_module
+from workbench.train import data_from_spec
 
 SPEC = EXPERIMENTS / "mnist_cnn.yaml"
 
@@ -102,8 +103,8 @@ def test_best_model_is_registered_and_serves_the_same_predictions(finished):
     version = client.get_model_version_by_alias(result.registered_model, "champion")
     assert int(version.version) == result.registered_version
     assert version.run_id == result.best_run_id
-    network = tracking.load_model(f"models:/{result.registered_model}@champion")
-    data = build_datamodule(spec)
+    network = tracking.load_network(f"models:/{result.registered_model}@champion")
+    data = data_from_spec(spec)
     inputs = data.split("test")[0][:16]
     trial = result.load_study().trials[result.best_trial]
     module = load_module(trial.user_attrs["checkpoint"], "cnn")

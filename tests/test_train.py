@@ -8,15 +8,15 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from workbench.registry import build_data, build_model
+from workbench.registry import create_data, create_model, load_module
 from workbench.spec import TrainerSpec
-from workbench.train import fit, load_module
+from workbench.train import fit
 
 
 def test_fit_records_one_history_row_per_epoch_and_keeps_the_best_checkpoint(tmp_path: Path):
     pl.seed_everything(0, verbose=False)
-    data = build_data("digits", seed=0, batch_size=64)
-    model = build_model("cnn", **data.model_kwargs(), width=8)
+    data = create_data("digits", seed=0, batch_size=64)
+    model = create_model("cnn", **data.model_kwargs(), width=8)
     result = fit(model, data, TrainerSpec(max_epochs=3, patience=3, accelerator="cpu"), tmp_path)
     assert [row["epoch"] for row in result.history] == [0, 1, 2]
     for row in result.history:
@@ -42,8 +42,8 @@ def test_fit_records_one_history_row_per_epoch_and_keeps_the_best_checkpoint(tmp
 
 
 def test_a_diverged_run_stops_with_floating_point_error(tmp_path: Path):
-    data = build_data("digits", seed=0, batch_size=64)
-    model = build_model("cnn", **data.model_kwargs(), width=8)
+    data = create_data("digits", seed=0, batch_size=64)
+    model = create_model("cnn", **data.model_kwargs(), width=8)
     with torch.no_grad():
         model.net.head[-1].bias.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="train/loss became nan"):

@@ -20,14 +20,14 @@ _EXPORTS = {
     "StudyResult": "workbench.study",
     "available_models": "workbench.registry",
     "available_data": "workbench.registry",
-    "build_model": "workbench.registry",
-    "build_data": "workbench.registry",
+    "create_model": "workbench.registry",
+    "create_data": "workbench.registry",
     "fit": "workbench.train",
-    "build_datamodule": "workbench.train",
+    "data_from_spec": "workbench.train",
     "load_module": "workbench.registry",
     "explain_images": "workbench.explain",
     "explain_model": "workbench.explain",
-    "load_model": "workbench.tracking",
+    "load_network": "workbench.tracking",
     "trained": "workbench.trained_model",
     "TrainedModel": "workbench.trained_model",
 }
@@ -39,14 +39,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from workbench.registry import (
         available_data,
         available_models,
-        build_data,
-        build_model,
+        create_data,
+        create_model,
         load_module,
     )
     from workbench.spec import ExperimentSpec, SpecError, load_spec
     from workbench.study import StudyResult, run_study
-    from workbench.tracking import load_model
-    from workbench.train import build_datamodule, fit
+    from workbench.tracking import load_network
+    from workbench.train import data_from_spec, fit
     from workbench.trained_model import TrainedModel, trained
 
 

@@ -230,7 +230,6 @@ def _export(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec, args.overrides)
     from workbench.deploy.export import (
-        example_inputs,
         export_onnx,
         export_torchscript,
         onnx_max_abs_difference,
@@ -239,7 +238,7 @@ def _export(args: argparse.Namespace) -> int:
 
     model = trained(spec)
     network = model.network.eval()
-    inputs = example_inputs(model.module, model.data, 64)
+    inputs = model.module.example_input(model.data, 64)
     out = Path(args.out)
     script = export_torchscript(network, inputs[:2], out / f"{spec.name}.pt")
     onnx_path = export_onnx(network, inputs[:2], out / f"{spec.name}.onnx")

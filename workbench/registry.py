@@ -1,51 +1,37 @@
 """Name → architecture and name → data family: the only doors to models and data.
 
-Adding an architecture touches one file: it decorates its LightningModule with ``@register_model``
-and its module path is listed in ``_MODEL_MODULES`` so the registry can import it on demand.
+Adding an architecture is two files: ``workbench/models/x.py``, whose LightningModule is decorated
+with ``@register_model("x")``, and ``experiments/x.yaml``. Every module under ``workbench/models/``
+and ``workbench/data/`` is imported on the first lookup, so no list here names them. A data family
+is a factory decorated with ``@register_data("name")`` that returns a data module keeping
+``workbench.contracts.DataFamily``.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import importlib
 import inspect
+import pkgutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-# Imported on first lookup, so `import workbench` stays cheap (these pull in torch and Lightning).
-_MODEL_MODULES = (
-    "workbench.models.cnn",
-    "workbench.models.mlp",
-    "workbench.models.rnn",
-    "workbench.models.transformer",
-    "workbench.models.autoencoder",
-    "workbench.models.gan",
-    "workbench.models.dqn",
-    "workbench.compress.distill",
-)
-_DATA_MODULES = (
-    "workbench.data.images",
-    "workbench.data.tabular",
-    "workbench.data.sequences",
-    "workbench.data.rl",
-)
 
 # Constructor arguments that the data module supplies, not the spec.
 DATA_PROVIDED_ARGS = frozenset({"input_shape", "num_classes", "task", "env"})
 
 _MODELS: dict[str, type] = {}
+_DATA: dict[str, Callable[..., Any]] = {}
+_UNEXPLAINED_DATA: set[str] = set()
 
 
 class UnknownNameError(LookupError):
     """A model or data name that is not registered; the message lists the valid ones."""
 
 
-_DATA: dict[str, Callable[..., Any]] = {}
-
-
 def register_model(name: str) -> Callable[[type], type]:
-    """Class decorator: make a LightningModule buildable as ``build_model(name, ...)``."""
+    """Class decorator: make a LightningModule buildable as ``create_model(name, ...)``."""
 
     def add(cls: type) -> type:
         _MODELS[name] = cls
@@ -54,36 +40,52 @@ def register_model(name: str) -> Callable[[type], type]:
     return add
 
 
-def register_data(name: str) -> Callable[[Callable], Callable]:
-    """Decorator for a factory returning a LightningDataModule."""
+def register_data(name: str, explainable: bool = True) -> Callable[[Callable], Callable]:
+    """Decorator for a factory returning a data module (``workbench.contracts.DataFamily``).
+    ``explainable=False`` marks families whose targets SHAP and LIME cannot explain (regression,
+    environments)."""
 
     def add(factory: Callable) -> Callable:
         _DATA[name] = factory
+        if not explainable:
+            _UNEXPLAINED_DATA.add(name)
         return factory
 
     return add
 
 
-def _import_all(modules: tuple[str, ...]) -> None:
-    for module in modules:
-        importlib.import_module(module)
+@functools.cache
+def _import_package(package: str) -> None:
+    """Import every module of ``package`` (on first lookup, so ``import workbench`` stays cheap:
+    these pull in torch and Lightning)."""
+    root = importlib.import_module(package)
+    for info in pkgutil.iter_modules(root.__path__, f"{package}."):
+        importlib.import_module(info.name)
+
+
+def _import_models() -> None:
+    _import_package("workbench.models")
+
+
+def _import_data() -> None:
+    _import_package("workbench.data")
 
 
 def available_models(pattern: str = "*") -> list[str]:
     """Registered architecture names matching a glob pattern."""
-    _import_all(_MODEL_MODULES)
+    _import_models()
     return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
 
 
 def available_data(pattern: str = "*") -> list[str]:
     """Registered data family names matching a glob pattern."""
-    _import_all(_DATA_MODULES)
+    _import_data()
     return sorted(n for n in _DATA if fnmatch.fnmatch(n, pattern))
 
 
 def model_class(name: str) -> type:
     """The LightningModule class registered as ``name``; a wrong name lists the valid ones."""
-    _import_all(_MODEL_MODULES)
+    _import_models()
     if name not in _MODELS:
         raise UnknownNameError(
             f"model.name: unknown architecture {name!r}; valid: {', '.join(sorted(_MODELS))}"
@@ -93,7 +95,7 @@ def model_class(name: str) -> type:
 
 def data_factory(name: str) -> Callable[..., Any]:
     """The data-module factory registered as ``name``; a wrong name lists the valid ones."""
-    _import_all(_DATA_MODULES)
+    _import_data()
     if name not in _DATA:
         raise UnknownNameError(
             f"data.name: unknown data family {name!r}; valid: {', '.join(sorted(_DATA))}"
@@ -129,12 +131,19 @@ def required_model_arguments(name: str) -> set[str]:
     return required - {"self"} - DATA_PROVIDED_ARGS
 
 
-def build_model(name: str, **hparams: Any) -> Any:
+def explainable(model: str, data: str) -> bool:
+    """Whether SHAP and LIME apply: a model class that says it is an explainable classifier
+    (``explainable = True``) on a data family registered as explainable."""
+    _import_data()
+    return data not in _UNEXPLAINED_DATA and bool(getattr(model_class(model), "explainable", False))
+
+
+def create_model(name: str, **hparams: Any) -> Any:
     """Construct the registered LightningModule ``name`` with explicit hyperparameters."""
     return model_class(name)(**hparams)
 
 
-def build_data(name: str, **options: Any) -> Any:
+def create_data(name: str, **options: Any) -> Any:
     """Construct the registered LightningDataModule ``name``."""
     return data_factory(name)(**options)
 
@@ -143,7 +152,7 @@ def load_module(path: str | Path, name: str) -> Any:
     """Rebuild registered model ``name`` from a checkpoint's saved hyperparameters and weights
     (as timm's ``create_model(name, checkpoint_path=...)``), in eval mode."""
     state = read_checkpoint(path)
-    module = build_model(name, **state["hyper_parameters"])
+    module = create_model(name, **state["hyper_parameters"])
     module.load_state_dict(state["state_dict"])
     return module.eval()
 

@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from workbench import registry
+from workbench.contracts import CountsConfusion
 from workbench.spec import ExperimentSpec, SpecError, TrainerSpec
 
 # Lightning announces GPU/TPU availability and product tips at INFO for every Trainer: once per
@@ -88,7 +89,7 @@ class EpochHistory(Callback):
                 raise FloatingPointError(f"{name} became {value} at epoch {epoch}")
 
 
-def build_datamodule(spec: ExperimentSpec) -> pl.LightningDataModule:
+def data_from_spec(spec: ExperimentSpec) -> pl.LightningDataModule:
     """The spec's data module; its set-up (loading, splitting) happens once, on first use."""
     options = dataclasses.asdict(spec.data)
     name = options.pop("name")
@@ -96,18 +97,18 @@ def build_datamodule(spec: ExperimentSpec) -> pl.LightningDataModule:
         options.pop("path")
     extra = options.pop("options")
     try:
-        return registry.build_data(name, seed=spec.seed, **extra, **options)
+        return registry.create_data(name, seed=spec.seed, **extra, **options)
     except TypeError as exc:  # an option the data family does not take
         raise SpecError(f"data.options: {exc}") from exc
 
 
-def build_model(
+def module_from_spec(
     spec: ExperimentSpec, data: pl.LightningDataModule, **hparams: Any
 ) -> pl.LightningModule:
     """The spec's model, sized by the data, with the spec's fixed params and a trial's params."""
     accepted = registry.constructor_arguments(spec.model.name)
     sized = {k: v for k, v in data.model_kwargs().items() if k in accepted}
-    return registry.build_model(spec.model.name, **sized, **{**spec.model.params, **hparams})
+    return registry.create_model(spec.model.name, **sized, **{**spec.model.params, **hparams})
 
 
 def build_trainer(
@@ -193,7 +194,7 @@ def fit(
             trainer, lambda: trainer.test(model, datamodule=data, verbose=False)
         )
         result.test_metrics = {k: float(v) for k, v in scores[0].items()}
-        if hasattr(model, "test_confusion"):
+        if isinstance(model, CountsConfusion):
             result.confusion = model.test_confusion.compute().cpu().numpy()
             model.test_confusion.reset()
     return result
@@ -222,6 +223,3 @@ def _run_interruptibly(trainer: pl.Trainer, call: Callable[[], Any]) -> Any:
     finally:
         if in_main_thread and handler is not None:
             signal.signal(signal.SIGINT, handler)
-
-
-load_module = registry.load_module  # the registry's door, kept under its old address

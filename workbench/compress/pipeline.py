@@ -17,10 +17,12 @@ from workbench.spec import ExperimentSpec
 
 def _fine_tune(network: torch.nn.Module, teacher, data, spec: ExperimentSpec, epochs: int):
     """A short fine-tune of a pruned network through the same Trainer path (masks stay applied)."""
-    from workbench.registry import build_model
+    from workbench.registry import create_model
     from workbench.train import fit
 
-    module = build_model(spec.model.name, **{**dict(teacher.hparams), "lr": teacher.hparams.lr / 3})
+    module = create_model(
+        spec.model.name, **{**dict(teacher.hparams), "lr": teacher.hparams.lr / 3}
+    )
     module.net = network
     trainer_spec = dataclasses.replace(spec.trainer, max_epochs=epochs, patience=epochs)
     with tempfile.TemporaryDirectory() as tmp:
@@ -39,7 +41,7 @@ def compress_best(
 ) -> CompressionReport:
     """Compress the best trial of ``spec``'s study; return (and log) the report."""
     from workbench import tracking
-    from workbench.compress.distill import DistilledCNN
+    from workbench.models.distilled_cnn import DistilledCNNModule
     from workbench.train import fit
     from workbench.trained_model import trained
 
@@ -60,7 +62,7 @@ def compress_best(
     variants[f"channel-pruned {channel_fraction:.0%}"] = slim
     variants["dynamic int8"] = quantize_dynamic_int8(teacher.net)
     variants["static int8"] = quantize_static_int8(teacher.net, calibration)
-    student = DistilledCNN(checkpoint, **data.model_kwargs())
+    student = DistilledCNNModule(checkpoint, **data.model_kwargs())
     student_spec = dataclasses.replace(
         spec.trainer, max_epochs=distill_epochs, patience=distill_epochs
     )

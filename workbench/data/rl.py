@@ -89,7 +89,7 @@ class GymDataModule(pl.LightningDataModule):
         return states, torch.zeros(len(states), dtype=torch.long)
 
 
-@register_data("gym")
+@register_data("gym", explainable=False)
 def gym_env(
     max_samples=None, augment=False, batch_size=None, on_device=True, **options
 ) -> GymDataModule:

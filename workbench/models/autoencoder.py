@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workbench.contracts import DataFamily
 from workbench.models.supervised import adamw_with_cosine, running_mean
 from workbench.registry import register_model
 
@@ -70,7 +71,7 @@ class AutoencoderNet(nn.Module):
 
 
 @register_model("autoencoder")
-class Autoencoder(pl.LightningModule):
+class AutoencoderModule(pl.LightningModule):
     """Reconstruction with mean squared error on [0, 1] pixels; logs ``stage/mse``."""
 
     def __init__(
@@ -91,6 +92,13 @@ class Autoencoder(pl.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
 
+    def example_input(self, data=None, n: int = 2) -> torch.Tensor:
+        """``n`` test images of ``data``, or seeded random [0, 1] pixels."""
+        if data is not None:
+            return data.split("test")[0][:n]
+        seeded = torch.Generator().manual_seed(0)
+        return torch.rand(n, *self.hparams.input_shape, generator=seeded)
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return self.net.encoder(images)
 
@@ -107,7 +115,7 @@ class Autoencoder(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         data = self.trainer.datamodule
-        if data is not None and hasattr(data, "split"):
+        if isinstance(data, DataFamily):
             images = data.split("train")[0]
             if images.min() < -1e-3 or images.max() > 1 + 1e-3:
                 raise ValueError(

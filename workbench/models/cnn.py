@@ -1,6 +1,6 @@
 """A convolutional classifier for small grayscale images (MNIST 28×28, scikit-learn 8×8).
 
-``ConvNet`` is the plain network that export, explanation and compression take; ``CNNClassifier``
+``ConvNet`` is the plain network that export, explanation and compression take; ``CNNModule``
 wraps it with the loss, metrics and optimiser.
 """
 
@@ -52,7 +52,7 @@ class ConvNet(nn.Module):
 
 
 @register_model("cnn")
-class CNNClassifier(SupervisedModule):
+class CNNModule(SupervisedModule):
     """ConvNet trained with cross-entropy (or MSE for regression), AdamW and a cosine schedule."""
 
     def __init__(

@@ -59,7 +59,7 @@ class ReplayBuffer:
 
 
 @register_model("dqn")
-class DQN(pl.LightningModule):
+class DQNModule(pl.LightningModule):
     """A Q-learning agent for a Gymnasium environment with discrete actions (``data.name: gym``)."""
 
     def __init__(

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workbench.data.images import random_affine
+from workbench.data.arrays import random_affine
 from workbench.models.gan_networks import Discriminator, Generator
 from workbench.models.supervised import running_mean
 from workbench.registry import register_model
@@ -39,7 +39,7 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
 @register_model("gan")
-class GAN(pl.LightningModule):
+class GANModule(pl.LightningModule):
     """DCGAN; validation and test judge ``n_judged`` samples from fixed noise."""
 
     def __init__(

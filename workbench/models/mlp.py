@@ -21,7 +21,7 @@ def mlp(sizes: list[int], dropout: float) -> nn.Sequential:
 
 
 @register_model("mlp")
-class MLPClassifier(SupervisedModule):
+class MLPModule(SupervisedModule):
     """``depth`` hidden layers of ``hidden`` units on flattened inputs."""
 
     def __init__(

@@ -33,7 +33,7 @@ class RecurrentNet(nn.Module):
         return self.head(states[:, -1])
 
 
-class _Recurrent(SupervisedModule):
+class _RecurrentModule(SupervisedModule):
     cell = "lstm"
 
     def __init__(
@@ -62,21 +62,21 @@ class _Recurrent(SupervisedModule):
 
 
 @register_model("rnn")
-class RNNModel(_Recurrent):
+class RNNModule(_RecurrentModule):
     """Elman RNN with tanh: the baseline whose gradients vanish over long sequences."""
 
     cell = "rnn"
 
 
 @register_model("lstm")
-class LSTMModel(_Recurrent):
+class LSTMModule(_RecurrentModule):
     """Long short-term memory (Hochreiter & Schmidhuber, 1997)."""
 
     cell = "lstm"
 
 
 @register_model("gru")
-class GRUModel(_Recurrent):
+class GRUModule(_RecurrentModule):
     """Gated recurrent unit (Cho et al., 2014)."""
 
     cell = "gru"

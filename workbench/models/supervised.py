@@ -69,6 +69,13 @@ class SupervisedModule(pl.LightningModule):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.net(inputs)
 
+    def example_input(self, data=None, n: int = 2) -> torch.Tensor:
+        """``n`` test inputs of ``data``, or seeded random inputs of the model's input shape."""
+        if data is not None:
+            return data.split("test")[0][:n]
+        seeded = torch.Generator().manual_seed(0)
+        return torch.randn(n, *self.hparams.input_shape, generator=seeded)
+
     def predict(self, inputs: torch.Tensor) -> torch.Tensor:
         """Logits (N, classes) for classification; values (N,) for regression."""
         outputs = self(inputs)

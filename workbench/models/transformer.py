@@ -68,7 +68,7 @@ class TransformerNet(nn.Module):
 
 
 @register_model("transformer")
-class TransformerModel(SupervisedModule):
+class TransformerModule(SupervisedModule):
     """Transformer encoder classifier/regressor for sequences."""
 
     def __init__(

@@ -17,7 +17,6 @@ import yaml
 
 from workbench.spec.types import (
     STUDY_REFERENCE,
-    UNEXPLAINED_DATA,
     ExperimentSpec,
     SpecError,
     _require,
@@ -179,8 +178,7 @@ def _check_against_registry(spec: ExperimentSpec) -> None:
             _require(Path(str(value)).is_file(), f"model.params.{key}", f"file not found: {value}")
     if spec.explain.enabled:
         _require(
-            spec.data.name not in UNEXPLAINED_DATA
-            and getattr(registry.model_class(spec.model.name), "explainable", False),
+            registry.explainable(spec.model.name, spec.data.name),
             "explain.enabled",
             f"SHAP and LIME explain classifiers, not {spec.model.name!r} on {spec.data.name!r} "
             "data; set it to false",

@@ -15,8 +15,6 @@ from typing import Any
 # A checkpoint given as "study:NAME" means the best trial's checkpoint of study NAME in the same
 # storage (resolved by ``workbench.study.run_study``), e.g. a distillation teacher or GAN judge.
 STUDY_REFERENCE = "study:"
-# Data whose models the study's explanation step cannot explain (no class to attribute).
-UNEXPLAINED_DATA = frozenset({"adding", "gym"})
 # Study, experiment and registered-model names become MLflow filter values, Optuna keys and
 # directory names: one rule for all of them, checked before any store is opened.
 NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")

@@ -46,9 +46,9 @@ def run_study(
     spec.study.check()
     make_sampler(spec), make_pruner(spec)  # bad names and options fail before any work
 
-    from workbench.train import build_datamodule
+    from workbench.train import data_from_spec
 
-    data = build_datamodule(spec)
+    data = data_from_spec(spec)
     data.setup()  # a missing or broken data file fails here, before any run is opened
     storage = pool.open_study_storage(spec)  # an unreachable or corrupt database fails here
     recovery.check_mlflow_side_exists(spec, storage)

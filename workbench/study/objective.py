@@ -11,6 +11,7 @@ from typing import Any
 import optuna
 
 from workbench import tracking
+from workbench.contracts import DrawsEpochFigures
 from workbench.spec import ExperimentSpec, apply_override, load_spec
 from workbench.study.config import sample_params
 from workbench.study.liveness import WorkerLock
@@ -40,8 +41,7 @@ class Objective:
         import lightning.pytorch as pl
         from optuna_integration import PyTorchLightningPruningCallback
 
-        from workbench.deploy.export import example_inputs
-        from workbench.train import build_model, fit
+        from workbench.train import fit, module_from_spec
 
         WorkerLock.of_this_process(self.store.root).record(trial)
         params = sample_params(self.spec.search_space, trial)
@@ -64,7 +64,7 @@ class Objective:
                     "(study.allow_repeats: true runs repeats)"
                 )
             pl.seed_everything(spec.seed, verbose=False)
-            model = build_model(spec, data, **model_params)
+            model = module_from_spec(spec, data, **model_params)
             tracking.log_params(store, run_id, _logged_params(model, params, spec, data))
             # The run id makes the folder unique: a checkpoint is never overwritten, whatever
             # happened to the stores before.
@@ -86,7 +86,7 @@ class Objective:
             )
             _log_result(store, run_id, model, data, result, time.perf_counter() - started)
             model_uri = tracking.log_model(
-                store, run_id, model.net, example_inputs(model, data, 2).cpu().numpy()
+                store, run_id, model.net, model.example_input(data, 2).cpu().numpy()
             )
         trial.set_user_attr("checkpoint", result.checkpoint)
         trial.set_user_attr("model_uri", model_uri)
@@ -149,7 +149,7 @@ def _repeats(trial: optuna.Trial) -> int | None:
 def _log_epoch(store, run_id: str, model, epoch: int, metrics: dict[str, float]) -> None:
     """An epoch's metrics, and the figures the model draws (samples, reconstructions) if any."""
     tracking.log_metrics(store, run_id, metrics, epoch)
-    if hasattr(model, "epoch_figures"):
+    if isinstance(model, DrawsEpochFigures):
         for name, figure in model.epoch_figures().items():
             tracking.log_figure(store, run_id, figure, f"plots/{name}/epoch_{epoch:03d}.png")
 
@@ -186,7 +186,7 @@ def _with_dotted_params(spec: ExperimentSpec, dotted: dict[str, Any]) -> Experim
 
 def _data_for_trial(data, base: ExperimentSpec, spec: ExperimentSpec):
     """Share the loaded data between trials; a searched batch size needs no reload."""
-    from workbench.train import build_datamodule
+    from workbench.train import data_from_spec
 
     if spec.data == base.data:
         return data
@@ -194,4 +194,4 @@ def _data_for_trial(data, base: ExperimentSpec, spec: ExperimentSpec):
         shared = copy.copy(data)  # same tensors, other batch size
         shared.batch_size = spec.data.batch_size
         return shared
-    return build_datamodule(spec)
+    return data_from_spec(spec)

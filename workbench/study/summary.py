@@ -127,7 +127,7 @@ def finish_study(
     if len(study.directions) > 1:
         result.pareto_trials = sorted(t.number for t in study.best_trials)
     result.registered_model = spec.tracking.register_as or spec.name
-    result.registered_version = tracking.register_model(
+    result.registered_version = tracking.register_version(
         store, result.model_uri, result.registered_model, result.best_run_id
     )
     tracking.set_tags(store, parent, {"best_trial": best.number, "best_run_id": result.best_run_id})

@@ -154,9 +154,9 @@ def _worker_main(raw_spec: dict, parent: str, index: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process stops workers on Ctrl-C
     spec = load_spec(raw_spec)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.study.workers))
-    from workbench.train import build_datamodule
+    from workbench.train import data_from_spec
 
-    data = build_datamodule(spec)
+    data = data_from_spec(spec)
     data.setup()
     study = open_study(spec)
     store = tracking.open_store(

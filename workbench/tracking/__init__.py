@@ -212,9 +212,9 @@ def run_spec(store: Store, run_id: str) -> dict:
 # The model side lives in tracking/models.py; its names are part of this module's API.
 from workbench.tracking.models import (  # noqa: E402
     claim_registered_model,
-    load_model,
+    load_network,
     log_model,
-    register_model,
+    register_version,
     resolve_run_id,
     scoring_app,
 )
@@ -229,7 +229,7 @@ __all__ = [
     "filter_value",
     "find_study_run",
     "git_commit",
-    "load_model",
+    "load_network",
     "log_arrays",
     "log_explanation",
     "log_figure",
@@ -239,7 +239,7 @@ __all__ = [
     "log_model",
     "log_params",
     "open_store",
-    "register_model",
+    "register_version",
     "reopen_run",
     "resolve_run_id",
     "root_lock",

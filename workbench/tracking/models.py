@@ -36,7 +36,7 @@ def log_model(store: Store, run_id: str, network, input_example) -> str:
     return info.model_uri
 
 
-def register_model(
+def register_version(
     store: Store, model_uri: str, name: str, run_id: str, alias: str = "champion"
 ) -> int:
     """Point ``alias`` of registered model ``name`` at the model of ``run_id``.
@@ -78,7 +78,7 @@ def claim_registered_model(store: Store, name: str, study: str) -> None:
         )
 
 
-def load_model(model_uri: str):
+def load_network(model_uri: str):
     """Load a logged network back (``models:/name@alias``, ``models:/m-…`` or ``runs:/…``).
 
     The network is a ``torch.export`` graph traced in eval mode, whose ``train()``/``eval()``

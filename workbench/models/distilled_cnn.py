@@ -33,7 +33,7 @@ def distillation_loss(
 
 
 @register_model("distilled_cnn")
-class DistilledCNN(SupervisedModule):
+class DistilledCNNModule(SupervisedModule):
     """A ConvNet student; the teacher is a trained ``cnn`` checkpoint, loaded safely and frozen."""
 
     def __init__(

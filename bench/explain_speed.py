@@ -18,7 +18,7 @@ import time
 import lightning.pytorch as pl
 
 from workbench.explain import explain_model
-from workbench.registry import build_data, build_model
+from workbench.registry import create_data, create_model
 from workbench.spec import TrainerSpec
 from workbench.train import fit
 
@@ -36,8 +36,8 @@ def main() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
 
     pl.seed_everything(0, verbose=False)
-    data = build_data("mnist_subset", seed=0, batch_size=64)
-    model = build_model("cnn", **data.model_kwargs())
+    data = create_data("mnist_subset", seed=0, batch_size=64)
+    model = create_model("cnn", **data.model_kwargs())
     with tempfile.TemporaryDirectory() as tmp:
         result = fit(model, data, TrainerSpec(max_epochs=args.epochs, accelerator="cpu"), tmp)
     settings = dict(

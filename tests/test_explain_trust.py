@@ -107,19 +107,20 @@ def test_rank_agreement_and_randomised_copy():
 def test_explain_model_on_a_trained_mlp_is_faithful_and_passes_the_sanity_check(tmp_path):
     import lightning.pytorch as pl
 
-    from workbench.registry import build_data, build_model
+    from workbench.registry import create_data, create_model
     from workbench.spec import TrainerSpec
     from workbench.train import fit
 
     pl.seed_everything(0, verbose=False)
-    data = build_data("breast_cancer", seed=0, test_fraction=0.2, batch_size=32)
-    model = build_model("mlp", **data.model_kwargs(), hidden=16, dropout=0.0, lr=3e-3)
+    data = create_data("breast_cancer", seed=0, test_fraction=0.2, batch_size=32)
+    model = create_model("mlp", **data.model_kwargs(), hidden=16, dropout=0.0, lr=3e-3)
     trainer = TrainerSpec(max_epochs=15, patience=15, accelerator="cpu")
     result = fit(model, data, trainer, tmp_path, test=True)
     assert result.test_metrics["test/acc"] > 0.9
     report = explain_model(model, data, n=10, background=32, shap_samples=200, lime_samples=300)
     assert report.kind == "tabular"
-    assert report.shap.attributions.shape == report.lime.attributions.shape == (10, 30)
+    shap_exp, lime_exp = report.explanations["shap"], report.explanations["lime"]
+    assert shap_exp.attributions.shape == lime_exp.attributions.shape == (10, 30)
     trust = report.trust
     assert trust["shap/deletion_auc"] < trust["shap/random_deletion_auc"]
     assert trust["shap/insertion_auc"] > trust["shap/random_insertion_auc"]
@@ -128,7 +129,7 @@ def test_explain_model_on_a_trained_mlp_is_faithful_and_passes_the_sanity_check(
     assert trust["shap/stability"] > 0.8 and trust["lime/stability"] > 0.5  # another seed
     # Per-class values: any class can be explained, not only the predicted one.
     other = explain_model(model, data, methods=("shap",), n=3, trust=False, target_class=0)
-    assert (other.shap.targets == 0).all()
+    assert (other.explanations["shap"].targets == 0).all()
     figures = report.figures()
     assert {"shap", "lime", "shap_vs_lime", "faithfulness", "shap_beeswarm", "shap_bar"} <= set(
         figures
@@ -139,9 +140,9 @@ def test_stability_is_one_for_an_exact_method_and_falls_with_fewer_lime_samples(
     """Stability reruns a method with another seed: DeepExplainer on a linear model is exact
     (w·(x − background mean)), so nothing moves; LIME with few perturbations moves more than
     LIME with many."""
-    from workbench.registry import build_data
+    from workbench.registry import create_data
 
-    data = build_data("breast_cancer", seed=0, test_fraction=0.2)
+    data = create_data("breast_cancer", seed=0, test_fraction=0.2)
     torch.manual_seed(0)
     network = _linear(torch.randn(2, 30))
     exact = explain_model(network, data, ("shap",), n=8, shap_method="deep", background=16)
@@ -153,21 +154,28 @@ def test_stability_is_one_for_an_exact_method_and_falls_with_fewer_lime_samples(
 
 
 def test_explain_model_names_bad_input(tmp_path):
-    from workbench.registry import build_data, build_model
+    from workbench.registry import create_data, create_model
 
-    data = build_data("digits", seed=0)
-    wrong = build_model("mlp", input_shape=(30,), num_classes=2)  # a tabular model
+    data = create_data("digits", seed=0)
+    wrong = create_model("mlp", input_shape=(30,), num_classes=2)  # a tabular model
     with pytest.raises(ValueError, match=r"data: inputs shaped \(1, 8, 8\) do not fit the model"):
         explain_model(wrong, data, n=2, trust=False)
-    with pytest.raises(ValueError, match="methods"):
+    with pytest.raises(
+        ValueError, match=r"methods: choose from 'shap', 'lime'; got \['grad-cam'\]"
+    ):
         explain_model(wrong, data, methods=("grad-cam",))
+    cnn = create_model("cnn", input_shape=(1, 8, 8), width=8)
+    with pytest.raises(ValueError, match=r"settings.lime: unknown \['samples'\]"):
+        explain_model(cnn, data, ("lime",), n=1, trust=False, settings={"lime": {"samples": 9}})
+    with pytest.raises(ValueError, match=r"settings: keys are methods of 'shap', 'lime'"):
+        explain_model(cnn, data, settings={"grad-cam": {}})
     with pytest.raises(ValueError, match=r"target_class: must be in \[0, 10\)"):
-        explain_model(build_model("cnn", input_shape=(1, 8, 8), width=8), data, target_class=12)
+        explain_model(cnn, data, target_class=12)
     with pytest.raises(ValueError, match="data: pass the data module"):
         explain_model(wrong)
     with pytest.raises(ValueError, match="regression"):
-        adding = build_data("adding", length=10, n_train=16, n_val=8, n_test=8)
-        explain_model(build_model("lstm", input_shape=(10, 2), num_classes=1), adding)
+        adding = create_data("adding", length=10, n_train=16, n_val=8, n_test=8)
+        explain_model(create_model("lstm", input_shape=(10, 2), num_classes=1), adding)
 
 
 def test_explain_command_names_a_missing_run_and_a_run_without_a_model(tiny_study, capsys):

@@ -25,7 +25,6 @@ _EXPORTS = {
     "fit": "workbench.train",
     "data_from_spec": "workbench.train",
     "load_module": "workbench.registry",
-    "explain_images": "workbench.explain",
     "explain_model": "workbench.explain",
     "load_network": "workbench.tracking",
     "trained": "workbench.trained_model",
@@ -35,7 +34,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from workbench.explain import explain_images, explain_model
+    from workbench.explain import explain_model
     from workbench.registry import (
         available_data,
         available_models,

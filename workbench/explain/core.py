@@ -1,7 +1,8 @@
 """The explanation type every method returns, and its plots.
 
 An explanation holds one attribution per *unit* of the input, the thing a person reads: a pixel of
-an image, a feature of a table row, a time step of a sequence.
+an image, a feature of a table row, a time step of a sequence. Every plot draws on the axes it is
+given (scikit-learn's Display style) or on a new figure, and returns the figure.
 """
 
 from __future__ import annotations
@@ -38,25 +39,35 @@ class Explanation:
     settings: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def pixels(self) -> np.ndarray:
-        return self.display
-
-    @property
     def short_method(self) -> str:
         return self.method.split(" ")[0]
 
-    def plot(self) -> Figure:
-        """Image overlays, a per-feature bar chart, or a per-time-step heat map."""
-        return {"image": _plot_images, "tabular": _plot_features, "sequence": _plot_steps}[
-            self.kind
-        ](self)
+    def plot(self, axes=None) -> Figure:
+        """Image overlays (2 × N axes), or a per-feature bar chart or a per-time-step heat map
+        (2 axes each)."""
+        draw = {"image": _plot_images, "tabular": _plot_features, "sequence": _plot_steps}
+        return draw[self.kind](self, axes)
 
 
-def _plot_images(explanation: Explanation, axes: np.ndarray | None = None) -> Figure:
+def figure_axes(axes, shape: tuple[int, int], figsize: tuple[float, float]):
+    """``axes`` arranged as ``shape`` with their figure, or a new figure's axes when ``None``.
+
+    The new figure is not attached to pyplot: a notebook shows it, ``savefig`` writes it.
+    """
+    if axes is None:
+        figure = Figure(figsize=figsize, layout="constrained")
+        return figure, figure.subplots(*shape, squeeze=False)
+    grid = np.asarray(axes, dtype=object)
+    if grid.size != shape[0] * shape[1]:
+        raise ValueError(f"axes: this plot draws on {shape[0]}×{shape[1]} axes; got {grid.size}")
+    grid = grid.reshape(shape)
+    return grid.flat[0].figure, grid
+
+
+def _plot_images(explanation: Explanation, axes=None) -> Figure:
     """Input and attribution overlay (diverging: red for, blue against the class) per image."""
     n = len(explanation.display)
-    figure = Figure(figsize=(2.2 * n, 4.6), layout="constrained")
-    axes = figure.subplots(2, n, squeeze=False)
+    figure, axes = figure_axes(axes, (2, n), (2.2 * n, 4.6))
     for i in range(n):
         truth = f" (true {explanation.labels[i]})" if explanation.labels is not None else ""
         target = explanation.targets[i]
@@ -77,13 +88,13 @@ def _plot_images(explanation: Explanation, axes: np.ndarray | None = None) -> Fi
     return figure
 
 
-def _plot_features(explanation: Explanation) -> Figure:
+def _plot_features(explanation: Explanation, axes=None) -> Figure:
     """Mean |attribution| per feature (top 15), and the first row's signed attributions."""
     names = explanation.feature_names or [f"x{i}" for i in range(explanation.attributions.shape[1])]
     importance = np.abs(explanation.attributions).mean(0)
     order = np.argsort(importance)[::-1][:15][::-1]
-    figure = Figure(figsize=(11, 0.3 * len(order) + 1.5), layout="constrained")
-    left, right = figure.subplots(1, 2)
+    figure, axes = figure_axes(axes, (1, 2), (11, 0.3 * len(order) + 1.5))
+    left, right = axes[0]
     left.barh([names[i] for i in order], importance[order], color="tab:gray")
     left.set_title(f"{explanation.method}: mean |attribution|", fontsize=9)
     first = explanation.attributions[0]
@@ -100,11 +111,11 @@ def _plot_features(explanation: Explanation) -> Figure:
     return figure
 
 
-def _plot_steps(explanation: Explanation) -> Figure:
+def _plot_steps(explanation: Explanation, axes=None) -> Figure:
     """A heat map: one row per sequence, one column per time step, next to the inputs."""
     n = len(explanation.attributions)
-    figure = Figure(figsize=(10, 0.45 * n + 1.6), layout="constrained")
-    left, right = figure.subplots(1, 2)
+    figure, axes = figure_axes(axes, (1, 2), (10, 0.45 * n + 1.6))
+    left, right = axes[0]
     sequences = explanation.display  # (N, T, F)
     left.imshow(np.abs(sequences).mean(-1), aspect="auto", cmap="gray_r")
     left.set_title("inputs: mean |value| per time step", fontsize=9)
@@ -124,12 +135,13 @@ def _plot_steps(explanation: Explanation) -> Figure:
     return figure
 
 
-def side_by_side(*explanations: Explanation) -> Figure:
-    """The same inputs explained by several methods, one attribution row (or panel) per method."""
+def side_by_side(*explanations: Explanation, axes=None) -> Figure:
+    """The same inputs explained by several methods: for images a row of inputs and one row per
+    method ((M + 1) × N axes), otherwise one panel per method (M axes)."""
     if explanations[0].kind != "image":
-        figure = Figure(figsize=(5 * len(explanations), 4), layout="constrained")
-        axes = figure.subplots(1, len(explanations), squeeze=False)[0]
-        for ax, explanation in zip(axes, explanations, strict=True):
+        count = len(explanations)
+        figure, grid = figure_axes(axes, (1, count), (5 * count, 4))
+        for ax, explanation in zip(grid[0], explanations, strict=True):
             values = explanation.attributions
             if explanation.kind == "tabular":
                 names = explanation.feature_names or [f"x{i}" for i in range(values.shape[1])]
@@ -143,21 +155,43 @@ def side_by_side(*explanations: Explanation) -> Figure:
                 ax.set_xlabel("time step")
             ax.set_title(explanation.method, fontsize=9)
         return figure
-    n = len(explanations[0].display)
-    figure = Figure(figsize=(2.2 * n, 2.2 * (len(explanations) + 1)), layout="constrained")
-    axes = figure.subplots(len(explanations) + 1, n, squeeze=False)
+    n, rows = len(explanations[0].display), len(explanations) + 1
+    figure, grid = figure_axes(axes, (rows, n), (2.2 * n, 2.2 * rows))
     first = explanations[0]
     for i in range(n):
-        axes[0, i].imshow(first.display[i], cmap="gray")
-        axes[0, i].set_title(f"pred {first.targets[i]}", fontsize=8)
+        grid[0, i].imshow(first.display[i], cmap="gray")
+        grid[0, i].set_title(f"pred {first.targets[i]}", fontsize=8)
         for row, explanation in enumerate(explanations, start=1):
             limit = float(np.abs(explanation.attributions[i]).max()) or 1.0
-            axes[row, i].imshow(explanation.attributions[i], cmap="bwr", vmin=-limit, vmax=limit)
-            axes[row, i].set_title(explanation.short_method, fontsize=8)
-        for ax in axes[:, i]:
+            grid[row, i].imshow(explanation.attributions[i], cmap="bwr", vmin=-limit, vmax=limit)
+            grid[row, i].set_title(explanation.short_method, fontsize=8)
+        for ax in grid[:, i]:
             ax.set_xticks([])
             ax.set_yticks([])
     return figure
+
+
+def shap_summary_plots(explanation: Explanation, axes=None) -> dict[str, Figure]:
+    """SHAP's own beeswarm and bar plots for table rows, on two given axes or two new figures."""
+    import shap
+
+    values = shap.Explanation(
+        values=explanation.attributions,
+        data=explanation.display,
+        feature_names=explanation.feature_names,
+    )
+    shown = min(12, explanation.attributions.shape[1])
+    if axes is None:  # the sizes SHAP gives the figures it makes itself
+        beeswarm_ax = Figure(figsize=(8, 0.4 * shown + 1.5)).add_subplot()
+        bar_ax = Figure(figsize=(8, 0.5 * shown + 1.5)).add_subplot()
+    else:
+        beeswarm_ax, bar_ax = np.asarray(axes, dtype=object).ravel()
+    shap.plots.beeswarm(values, max_display=12, ax=beeswarm_ax, show=False, plot_size=None)
+    shap.plots.bar(values, max_display=12, ax=bar_ax, show=False)
+    title = f"{explanation.method}, explained class per row"
+    for ax in (beeswarm_ax, bar_ax):
+        ax.set_title(title, fontsize=9)
+    return {"shap_beeswarm": beeswarm_ax.figure, "shap_bar": bar_ax.figure}
 
 
 @torch.no_grad()

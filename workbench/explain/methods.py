@@ -1,7 +1,8 @@
 """SHAP and LIME for any classifier the workbench trains: images, table rows and sequences.
 
 Every function takes the plain network, model inputs (normalised tensors) and the classes to
-explain, and returns raw attributions shaped like the inputs (SHAP) or per unit (LIME).
+explain, and returns raw attributions shaped like the inputs (SHAP) or per unit (LIME). The
+table in ``explainers.py`` is how the report reaches them.
 """
 
 from __future__ import annotations
@@ -72,6 +73,63 @@ def shap_values(
             found = explainer.shap_values(chosen, check_additivity=False)
         values[rows] = np.asarray(found).reshape(chosen.shape)  # drop the 1-output axis
     return values
+
+
+def grid_segments(height: int, width: int, patch: int) -> np.ndarray:
+    """Square patches as LIME segments: superpixel algorithms find little in a 28×28 digit."""
+    rows = np.arange(height)[:, None] // patch
+    cols = np.arange(width)[None, :] // patch
+    return rows * ((width + patch - 1) // patch) + cols
+
+
+def lime_image_patches(
+    network: torch.nn.Module,
+    inputs: torch.Tensor,
+    targets: np.ndarray,
+    num_samples: int = 1000,
+    patch: int = 4,
+    seed: int = 0,
+    batch_size: int = 512,
+) -> np.ndarray:
+    """LIME for one-channel images: (N, H, W) weights of square patches for the target class;
+    a hidden patch takes the blank (darkest) value of the inputs."""
+    from lime import lime_image
+
+    network = network.eval().cpu()
+    gray = inputs.cpu().numpy()[:, 0]  # (N, H, W) normalised
+    segments = grid_segments(gray.shape[1], gray.shape[2], patch)
+    blank = float(gray.min())  # normalised value of an empty (0) pixel
+
+    def classify(rgb: np.ndarray) -> np.ndarray:
+        # LIME works on RGB arrays; the network sees one channel.
+        return predict_proba(
+            network, torch.from_numpy(rgb[..., :1].transpose(0, 3, 1, 2).copy()).float(), batch_size
+        )
+
+    attributions = np.zeros_like(gray)
+    # LIME 0.2.0.1 draws a tqdm bar over its samples for every image and has no switch for it;
+    # one call takes milliseconds, so the bars are only noise in a notebook.
+    bar, lime_image.tqdm = lime_image.tqdm, lambda iterable, *_, **__: iterable
+    try:
+        for i, image in enumerate(gray):
+            explainer = lime_image.LimeImageExplainer(random_state=seed)
+            explanation = explainer.explain_instance(
+                np.repeat(image[..., None], 3, axis=2).astype(np.float64),
+                classify,
+                labels=(int(targets[i]),),
+                top_labels=None,
+                hide_color=blank,
+                num_samples=num_samples,
+                batch_size=num_samples,  # one forward pass; predict_proba batches it
+                segmentation_fn=lambda _image: segments,
+                random_seed=seed,
+            )
+            weights = dict(explanation.local_exp[int(targets[i])])
+            per_segment = np.array([weights.get(s, 0.0) for s in range(segments.max() + 1)])
+            attributions[i] = per_segment[segments]
+    finally:
+        lime_image.tqdm = bar
+    return attributions
 
 
 def lime_tabular(

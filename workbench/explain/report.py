@@ -1,15 +1,17 @@
-"""The explanation report: SHAP and LIME attributions of a classifier, plotted and measured.
+"""The explanation report: the attributions of each method in the table, plotted and measured.
 
 ``explain_model`` takes a module (or network) with its data module and returns an
-``ExplanationReport``: the attributions of each method, their plots, and how far they can be
-trusted (faithfulness against random orders, run-to-run stability under another seed, SHAP-LIME
-agreement, and the randomised-weights sanity check). Starting from a study or an MLflow run is
-the door's business (``workbench.trained(...).explain()``), which also logs the report.
+``ExplanationReport``: the attributions of each method named in ``EXPLAINERS``, their plots, and
+how far they can be trusted (faithfulness against random orders, run-to-run stability under
+another seed, SHAP-LIME agreement, and the randomised-weights sanity check). Starting from a study
+or an MLflow run is the door's business (``workbench.trained(...).explain()``), which also logs
+the report.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,9 +19,9 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from workbench.explain.core import Explanation, predict_proba, side_by_side
-from workbench.explain.images import grid_segments, lime_images
-from workbench.explain.methods import SHAP_METHODS, lime_sequence, lime_tabular, shap_values
+from workbench.explain.core import Explanation, predict_proba, shap_summary_plots, side_by_side
+from workbench.explain.explainers import EXPLAINERS, Attributions, ExplanationInputs
+from workbench.explain.methods import SHAP_METHODS, grid_segments
 from workbench.explain.trust import (
     faithfulness,
     plot_curves,
@@ -35,17 +37,10 @@ class ExplanationReport:
 
     kind: str
     explanations: dict[str, Explanation]
+    """Method name (a key of ``EXPLAINERS``) → its explanation, in the table's order."""
     trust: dict[str, float]
     curves: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def shap(self) -> Explanation | None:
-        return self.explanations.get("shap")
-
-    @property
-    def lime(self) -> Explanation | None:
-        return self.explanations.get("lime")
 
     def table(self):
         """The trust metrics as a one-column DataFrame (for a notebook)."""
@@ -53,40 +48,24 @@ class ExplanationReport:
 
         return pd.Series(self.trust, name="value").to_frame()
 
+    def scores_by_method(self) -> dict[str, dict[str, float]]:
+        """``trust`` split per method: ``{"shap": {"deletion_auc": ...}, ...}``."""
+        return {
+            m: {k.split("/", 1)[1]: v for k, v in self.trust.items() if k.startswith(f"{m}/")}
+            for m in self.explanations
+        }
+
     def figures(self) -> dict[str, Figure]:
+        """Each method's plot, all methods side by side (``shap_vs_lime``), the faithfulness
+        curves and, for table rows, SHAP's own summary plots."""
         figures = {name: e.plot() for name, e in self.explanations.items()}
         if len(self.explanations) > 1:
-            figures["shap_vs_lime"] = side_by_side(*self.explanations.values())
+            figures["_vs_".join(self.explanations)] = side_by_side(*self.explanations.values())
         if self.curves:
-            per_method = {
-                m: {k.split("/", 1)[1]: v for k, v in self.trust.items() if k.startswith(f"{m}/")}
-                for m in self.curves
-            }
-            figures["faithfulness"] = plot_curves(self.curves, per_method)
-        if self.kind == "tabular" and self.shap is not None:
-            figures.update(shap_summary_plots(self.shap))
+            figures["faithfulness"] = plot_curves(self.curves, self.scores_by_method())
+        if self.kind == "tabular" and "shap" in self.explanations:
+            figures.update(shap_summary_plots(self.explanations["shap"]))
         return figures
-
-
-def shap_summary_plots(explanation: Explanation) -> dict[str, Figure]:
-    """SHAP's own beeswarm and bar plots for table rows."""
-    import matplotlib.pyplot as plt
-    import shap
-
-    values = shap.Explanation(
-        values=explanation.attributions,
-        data=explanation.display,
-        feature_names=explanation.feature_names,
-    )
-    figures = {}
-    for name, draw in (("shap_beeswarm", shap.plots.beeswarm), ("shap_bar", shap.plots.bar)):
-        plt.figure()
-        draw(values, max_display=12, show=False)
-        figure = plt.gcf()
-        figure.suptitle(f"{explanation.method}, explained class per row", fontsize=9)
-        plt.close(figure)  # detached from pyplot, still drawable and savable
-        figures[name] = figure
-    return figures
 
 
 def _kind(data, inputs: torch.Tensor) -> str:
@@ -119,25 +98,73 @@ def explain_model(
     steps: int = 20,
     seed: int = 0,
     target_class: int | None = None,
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> ExplanationReport:
-    """Explain the first ``n`` test inputs of a classifier with SHAP and/or LIME.
+    """Explain the first ``n`` test inputs of a classifier with the ``methods`` of ``EXPLAINERS``.
 
     ``source``: a LightningModule (its ``.net`` is explained) or a plain network; ``data``: the
     data module it was trained on. SHAP uses a background of ``background`` training inputs.
     Each input is explained for its predicted class, or for ``target_class`` when given (SHAP
     and LIME values are per class: explaining another class answers "what speaks for class k?").
+    ``settings``: per method options over the defaults, e.g. ``{"lime": {"patch": 2}}``.
     """
-    unknown = set(methods) - {"shap", "lime"}
-    if unknown or not methods:
-        raise ValueError(f"methods: choose from 'shap' and 'lime'; got {list(methods)}")
+    known = ", ".join(repr(name) for name in EXPLAINERS)
+    if set(methods) - set(EXPLAINERS) or not methods:
+        raise ValueError(f"methods: choose from {known}; got {list(methods)}")
+    if set(settings or {}) - set(EXPLAINERS):
+        raise ValueError(f"settings: keys are methods of {known}; got {list(settings)}")
     if shap_method not in SHAP_METHODS:
         raise ValueError(f"shap_method: one of {', '.join(SHAP_METHODS)}; got {shap_method!r}")
     network = _network(source)
     if data is None:
         raise ValueError("data: pass the data module the model was trained on")
-    if hasattr(data, "model_kwargs") and data.model_kwargs().get("task") == "regression":
+    if data.model_kwargs().get("task") == "regression":
         raise ValueError("data: explanations are built for classifiers, not regression targets")
+    subject, probabilities, labels, display = _prepare(
+        network, data, n, background, seed, target_class
+    )
+    options = {
+        "shap": {"explainer": shap_method, "nsamples": shap_samples},
+        "lime": {"num_samples": lime_samples},
+    }
+    for name, given in (settings or {}).items():
+        options[name] = {**options.get(name, {}), **given}
+    kind, inputs = subject.kind, subject.inputs
+    unit_shape = {
+        "image": tuple(inputs.shape[2:]),
+        "tabular": tuple(inputs.shape[1:]),
+        "sequence": (inputs.shape[1],),
+    }[kind]
 
+    def attribute(name: str, net: torch.nn.Module, method_seed: int) -> Attributions:
+        """One method's attributions, one value per unit (pixel, feature, time step)."""
+        found = Attributions(*EXPLAINERS[name](net, subject, method_seed, options.get(name, {})))
+        return found._replace(values=to_units(kind, found.values).reshape(-1, *unit_shape))
+
+    explanations, timings = {}, {}
+    for name in (name for name in EXPLAINERS if name in methods):
+        started = time.perf_counter()
+        found = attribute(name, network, seed)
+        timings[name] = time.perf_counter() - started
+        explanations[name] = Explanation(
+            method=found.title or name, kind=kind, display=display, attributions=found.values,
+            targets=subject.targets, probabilities=probabilities, labels=labels,
+            feature_names=subject.feature_names, class_names=subject.class_names,
+            settings=found.settings,
+        )  # fmt: skip
+
+    scores: dict[str, float] = {f"seconds/{k}": v for k, v in timings.items()}
+    curves = {}
+    if trust:
+        found, curves = _trust(network, subject, explanations, attribute, steps, seed)
+        scores.update(found)
+    used = {"n": len(inputs), "seed": seed, "steps": steps, "methods": list(methods)}
+    return ExplanationReport(kind, explanations, scores, curves, used)
+
+
+def _prepare(network, data, n: int, background: int, seed: int, target_class: int | None):
+    """The inputs to explain with what the methods draw on, the model's probabilities, the true
+    labels and the inputs as a person reads them."""
     test_x, test_y = data.split("test")
     train_x, _ = data.split("train")
     kind = _kind(data, test_x)
@@ -160,95 +187,48 @@ def explain_model(
     display = data.to_pixels(inputs).numpy()
     if kind == "image":
         display = display[:, 0]
-        blank = float(train_x.min())
-        baseline = torch.full_like(inputs[:1], blank)
+        baseline = torch.full_like(inputs[:1], float(train_x.min()))
     else:
         baseline = train_x.mean(0, keepdim=True).cpu()
-    names = getattr(data, "feature_names", None)
-    classes = getattr(data, "class_names", None)
+    subject = ExplanationInputs(
+        kind, inputs, targets, chosen, train_x, baseline,
+        getattr(data, "feature_names", None), getattr(data, "class_names", None),
+    )  # fmt: skip
+    return subject, probabilities, labels, display
 
-    def wrap(method: str, attributions: np.ndarray, settings: dict) -> Explanation:
-        return Explanation(
-            method=method, kind=kind, display=display, attributions=attributions,
-            targets=targets, probabilities=probabilities, labels=labels,
-            feature_names=names, class_names=classes, settings=settings,
+
+def _trust(
+    network: torch.nn.Module,
+    subject: ExplanationInputs,
+    explanations: dict[str, Explanation],
+    attribute: Callable[[str, torch.nn.Module, int], Attributions],
+    steps: int,
+    seed: int,
+) -> tuple[dict[str, float], dict[str, dict[str, np.ndarray]]]:
+    """Faithfulness and stability of every method; SHAP-LIME agreement; SHAP's sanity check."""
+    kind, scores, curves = subject.kind, {}, {}
+    for name, explanation in explanations.items():
+        units = to_units(kind, explanation.attributions)
+        found, curves[name] = faithfulness(
+            network, subject.inputs, units, subject.targets, subject.baseline, kind, steps,
+            seed=seed,
         )  # fmt: skip
-
-    label = {"gradient": "GradientExplainer", "deep": "DeepExplainer", "kernel": "Kernel"}
-
-    def attribute(method: str, net: torch.nn.Module, method_seed: int) -> tuple[np.ndarray, dict]:
-        """One method's attributions, one value per unit (pixel, feature, time step), and its
-        settings."""
-        if method == "shap":
-            values = shap_values(
-                net, inputs, chosen, targets, shap_method, shap_samples, method_seed
-            )
-            per_unit = to_units(kind, values).reshape(-1, *_unit_shape(kind, inputs))
-            return per_unit, {
-                "explainer": shap_method, "background": len(chosen), "nsamples": shap_samples,
-            }  # fmt: skip
-        if kind == "image":
-            found = lime_images(net, inputs, num_samples=lime_samples, seed=method_seed)
-            return found.attributions, found.settings
-        if kind == "tabular":
-            units = lime_tabular(
-                net, inputs, train_x, targets, names, classes, lime_samples, method_seed
-            )
-            return units, {"num_samples": lime_samples, "discretizer": "quartile"}
-        units = lime_sequence(net, inputs, baseline[0], targets, lime_samples, method_seed)
-        return units, {"num_samples": lime_samples, "units": "time steps"}
-
-    explanations, timings = {}, {}
-    for method in ("shap", "lime"):
-        if method in methods:
-            started = time.perf_counter()
-            attributions, settings = attribute(method, network, seed)
-            timings[method] = time.perf_counter() - started
-            title = f"SHAP ({label[shap_method]})" if method == "shap" else "LIME"
-            explanations[method] = wrap(title, attributions, settings)
-
-    scores: dict[str, float] = {f"seconds/{k}": v for k, v in timings.items()}
-    curves = {}
-    if trust:
-        for name, explanation in explanations.items():
-            units = to_units(kind, explanation.attributions)
-            found, curves[name] = faithfulness(
-                network, inputs, units, targets, baseline, kind, steps, seed=seed
-            )
-            scores.update({f"{name}/{k}": v for k, v in found.items()})
-            # Run-to-run stability: the same method, the same inputs and background, another
-            # seed for its own sampling (SHAP's expected-gradient draws, LIME's perturbations).
-            again = attribute(name, network, seed + 1)[0]
-            scores[f"{name}/stability"] = rank_agreement(units, to_units(kind, again))
-        if len(explanations) == 2:
-            scores["agreement/spearman"] = rank_agreement(
-                *_comparable(kind, explanations["shap"], explanations["lime"])
-            )
-        if "shap" in explanations:
-            trained_units = to_units(kind, explanations["shap"].attributions)
-            random_units = to_units(
-                kind, attribute("shap", randomized_copy(network, seed), seed)[0]
-            )
-            scores["sanity/spearman"] = rank_agreement(trained_units, random_units)
-            scores["sanity/spearman_abs"] = rank_agreement(
-                np.abs(trained_units), np.abs(random_units)
-            )
-    report = ExplanationReport(
-        kind,
-        explanations,
-        scores,
-        curves,
-        {"n": len(inputs), "seed": seed, "steps": steps, "methods": list(methods)},
-    )
-    return report
-
-
-def _unit_shape(kind: str, inputs: torch.Tensor) -> tuple[int, ...]:
-    return {
-        "image": tuple(inputs.shape[2:]),
-        "tabular": tuple(inputs.shape[1:]),
-        "sequence": (inputs.shape[1],),
-    }[kind]
+        scores.update({f"{name}/{k}": v for k, v in found.items()})
+        # Run-to-run stability: the same method, the same inputs and background, another
+        # seed for its own sampling (SHAP's expected-gradient draws, LIME's perturbations).
+        again = attribute(name, network, seed + 1).values
+        scores[f"{name}/stability"] = rank_agreement(units, to_units(kind, again))
+    if {"shap", "lime"} <= explanations.keys():
+        scores["agreement/spearman"] = rank_agreement(
+            *_comparable(kind, explanations["shap"], explanations["lime"])
+        )
+    if "shap" in explanations:
+        trained_units = to_units(kind, explanations["shap"].attributions)
+        randomized = attribute("shap", randomized_copy(network, seed), seed).values
+        random_units = to_units(kind, randomized)
+        scores["sanity/spearman"] = rank_agreement(trained_units, random_units)
+        scores["sanity/spearman_abs"] = rank_agreement(np.abs(trained_units), np.abs(random_units))
+    return scores, curves
 
 
 def _comparable(kind: str, shap_exp: Explanation, lime_exp: Explanation):
@@ -263,20 +243,3 @@ def _comparable(kind: str, shap_exp: Explanation, lime_exp: Explanation):
     per_patch = np.stack([np.bincount(segments, row, count) for row in flat_shap])
     lime_patch = np.stack([np.bincount(segments, row, count) for row in flat_lime])
     return per_patch, lime_patch
-
-
-def explain_images(
-    network: torch.nn.Module,
-    data,
-    n_images: int = 4,
-    background: int = 64,
-    shap_samples: int = 200,
-    lime_samples: int = 1000,
-    seed: int = 0,
-):
-    """SHAP and LIME for the first ``n_images`` test images (no trust metrics): a quick look."""
-    report = explain_model(
-        network, data, ("shap", "lime"), n_images, "gradient", background, shap_samples,
-        lime_samples, trust=False, seed=seed,
-    )  # fmt: skip
-    return report.shap, report.lime

@@ -22,7 +22,7 @@ import torch
 from matplotlib.figure import Figure
 from scipy.stats import spearmanr
 
-from workbench.explain.core import predict_proba
+from workbench.explain.core import figure_axes, predict_proba
 
 
 def to_units(kind: str, values: np.ndarray) -> np.ndarray:
@@ -128,11 +128,12 @@ def randomized_copy(network: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return clone
 
 
-def plot_curves(curves: dict[str, dict[str, np.ndarray]], scores: dict[str, dict]) -> Figure:
-    """Mean deletion and insertion curves per method, against random orders."""
-    figure = Figure(figsize=(10, 3.8), layout="constrained")
-    axes = figure.subplots(1, 2)
-    for ax, kind in zip(axes, ("deletion", "insertion"), strict=True):
+def plot_curves(
+    curves: dict[str, dict[str, np.ndarray]], scores: dict[str, dict], axes=None
+) -> Figure:
+    """Mean deletion and insertion curves per method, against random orders (2 axes)."""
+    figure, grid = figure_axes(axes, (1, 2), (10, 3.8))
+    for ax, kind in zip(grid[0], ("deletion", "insertion"), strict=True):
         random_drawn = False
         for method, mean in curves.items():
             fractions = np.linspace(0, 1, len(mean[kind]))

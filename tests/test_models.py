@@ -1,4 +1,6 @@
-"""Every registered architecture: shapes, overfitting one batch, save/load, seeded determinism."""
+"""Every registered architecture, found by the registry and built from its experiment spec (the data
+decides its shapes, the model's own ``example_input`` its inputs): output shape, overfitting one
+batch, save/load, seeded determinism. Then hand-checked cases of particular architectures."""
 
 from __future__ import annotations
 
@@ -8,11 +10,51 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
-from tests.conftest import save_checkpoint
+from tests.conftest import EXPERIMENTS, save_checkpoint, tiny
+from workbench.models.supervised import SupervisedModule
 from workbench.registry import UnknownNameError, available_models, create_model, load_module
+from workbench.spec import load_spec
+from workbench.train import data_from_spec, module_from_spec
 
-# Constructor arguments the data would supply, and the size of one output row.
+# The experiment spec of each architecture (the first that names it): adding an architecture is
+# models/x.py plus experiments/x.yaml, and these tests find both.
+SPEC_OF: dict[str, Path] = {}
+for _path in sorted(EXPERIMENTS.glob("*.yaml")):
+    SPEC_OF.setdefault(yaml.safe_load(_path.read_text())["model"]["name"], _path)
+# Smaller widths for the known architectures, for speed only; a new one is built as its spec says.
+SMALL = {
+    "cnn": {"width": 8, "hidden": 32},
+    "distilled_cnn": {"width": 8, "hidden": 32},
+    "transformer": {"d_model": 16, "heads": 2},
+    "autoencoder": {"code": 8, "width": 8},
+    "gan": {"latent": 16, "width": 8, "n_judged": 20},
+    "dqn": {"hidden": 32},
+}
+SMALL_DATA = {"adding": {"data.options.length": 10}}  # sequences of 10 steps, not 100
+_DATA: dict[Path, object] = {}
+
+
+def _from_spec(name: str, checkpoint: str, **hparams):
+    """(module, data): registered model ``name`` built by its spec's path, on 200 samples."""
+    path = SPEC_OF[name]
+    raw = yaml.safe_load(path.read_text())["model"].get("params") or {}
+    refs = {f"model.params.{k}": checkpoint for k in raw if k.endswith("checkpoint")}
+    family = yaml.safe_load(path.read_text())["data"]["name"]
+    sizes = {"data.max_samples": 200, **SMALL_DATA.get(family, {})}
+    spec = load_spec(path, tiny(Path("unused"), **refs, **sizes))
+    if path not in _DATA:
+        _DATA[path] = data_from_spec(spec)
+    data = _DATA[path]
+    return module_from_spec(spec, data, **{**SMALL.get(name, {}), **hparams}), data
+
+
+def test_every_registered_model_has_an_experiment():
+    assert set(available_models()) <= set(SPEC_OF), "add experiments/<name>.yaml"
+
+
+# Constructor arguments the data would supply, for the hand-checked cases below.
 SHAPES = {
     "cnn": ({"input_shape": (1, 8, 8), "num_classes": 10}, 10),
     "distilled_cnn": ({"input_shape": (1, 8, 8), "num_classes": 10}, 10),
@@ -25,7 +67,6 @@ SHAPES = {
     "gan": ({"input_shape": (1, 8, 8), "latent": 8, "width": 8, "n_judged": 20}, None),
     "dqn": ({"input_shape": (4,), "num_classes": 2, "hidden": 32}, 2),
 }
-CLASSIFIERS = ["cnn", "distilled_cnn", "mlp", "rnn", "lstm", "gru", "transformer"]
 
 
 @pytest.fixture(scope="module")
@@ -54,19 +95,32 @@ def _inputs(name: str, n: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, *shape, generator=generator)
 
 
-def test_every_model_has_test_shapes():
-    assert set(available_models()) <= set(SHAPES), "add the new architecture to SHAPES"
-
-
 @pytest.mark.parametrize("name", available_models())
-def test_output_shape(name: str, checkpoint_8x8: str):
-    model = _build(name, checkpoint_8x8).eval()
+def test_output_shape(name: str, teacher_checkpoint: str):
+    model, data = _from_spec(name, teacher_checkpoint)
+    model.eval()
+    inputs = model.example_input(data, 5)
     with torch.no_grad():
-        outputs = model(_inputs(name, 5))
-    expected = {"autoencoder": (5, 1, 8, 8), "gan": (5, 1, 8, 8)}
-    assert outputs.shape == expected.get(name, (5, SHAPES[name][1]))
-    if name in ("autoencoder", "gan"):  # images in [0, 1]
+        outputs = model(inputs)
+    assert outputs.shape[0] == 5 and bool(torch.isfinite(outputs).all())
+    if isinstance(model, SupervisedModule):  # one logit per class, or one value
+        kwargs = data.model_kwargs()
+        assert outputs.shape[1:] == (model.output_size(kwargs["num_classes"], kwargs["task"]),)
+    if name in ("autoencoder", "gan"):  # images in [0, 1], of the data's shape
+        assert outputs.shape[1:] == data.split("test")[0].shape[1:]
         assert 0.0 <= float(outputs.min()) and float(outputs.max()) <= 1.0
+
+
+def _model_class(name: str) -> type:
+    from workbench.registry import model_class
+
+    return model_class(name)
+
+
+def _arguments(name: str) -> set[str]:
+    from workbench.registry import constructor_arguments
+
+    return constructor_arguments(name)
 
 
 def _fit_one_batch(parameters, loss_fn, steps: int = 150, lr: float = 3e-3) -> float:
@@ -79,18 +133,31 @@ def _fit_one_batch(parameters, loss_fn, steps: int = 150, lr: float = 3e-3) -> f
     return float(loss)
 
 
-@pytest.mark.parametrize("name", CLASSIFIERS)
-def test_a_classifier_overfits_a_single_batch(name: str, checkpoint_8x8: str):
+SUPERVISED = [n for n in available_models() if issubclass(_model_class(n), SupervisedModule)]
+
+
+@pytest.mark.parametrize("name", SUPERVISED)
+def test_a_supervised_model_overfits_a_single_batch(name: str, teacher_checkpoint: str):
+    """Classifiers reach zero training error on 16 inputs with random labels; regressors (the
+    adding problem's) fit 16 random targets."""
     torch.manual_seed(0)
-    model = (
-        _build(name, checkpoint_8x8, dropout=0.0) if name != "rnn" else _build(name, checkpoint_8x8)
-    )
-    inputs = _inputs(name, 32)
-    targets = torch.randint(0, SHAPES[name][1], (32,), generator=torch.Generator().manual_seed(1))
+    no_dropout = {"dropout": 0.0} if "dropout" in _arguments(name) else {}
+    model, data = _from_spec(name, teacher_checkpoint, **no_dropout)
+    inputs = model.example_input(data, 16)
+    kwargs = data.model_kwargs()
+    seeded = torch.Generator().manual_seed(1)
     model.train()
-    loss = _fit_one_batch(model.parameters(), lambda: F.cross_entropy(model(inputs), targets))
-    model.eval()
-    assert loss < 0.05 and bool((model(inputs).argmax(1) == targets).all())
+    if kwargs["task"] == "classification":
+        targets = torch.randint(0, kwargs["num_classes"], (16,), generator=seeded)
+        loss = _fit_one_batch(model.parameters(), lambda: F.cross_entropy(model(inputs), targets))
+        model.eval()
+        assert loss < 0.05 and bool((model(inputs).argmax(1) == targets).all())
+    else:
+        targets = torch.rand(16, generator=seeded)
+        loss = _fit_one_batch(
+            model.parameters(), lambda: F.mse_loss(model.predict(inputs), targets), 300
+        )
+        assert loss < 1e-3
 
 
 @pytest.mark.parametrize("name", ["lstm", "transformer", "mlp"])
@@ -140,25 +207,26 @@ def test_the_q_network_fits_a_batch_of_targets(checkpoint_8x8: str):
 
 @pytest.mark.parametrize("name", available_models())
 def test_checkpoint_round_trip_gives_identical_outputs(
-    name: str, checkpoint_8x8: str, tmp_path: Path
+    name: str, teacher_checkpoint: str, tmp_path: Path
 ):
     pl.seed_everything(5, verbose=False)
-    model = _build(name, checkpoint_8x8).eval()
+    model, data = _from_spec(name, teacher_checkpoint)
+    model.eval()
     path = tmp_path / "m.ckpt"
     save_checkpoint(model, path)
     pl.seed_everything(6, verbose=False)  # a different seed: weights must come from the file
     loaded = load_module(path, name)
-    inputs = _inputs(name, 4)
+    inputs = model.example_input(data, 4)
     assert dict(loaded.hparams) == dict(model.hparams)
     assert torch.equal(model(inputs), loaded(inputs))
 
 
 @pytest.mark.parametrize("name", available_models())
-def test_same_seed_same_weights(name: str, checkpoint_8x8: str):
+def test_same_seed_same_weights(name: str, teacher_checkpoint: str):
     pl.seed_everything(3, verbose=False)
-    first = _build(name, checkpoint_8x8)
+    first, _ = _from_spec(name, teacher_checkpoint)
     pl.seed_everything(3, verbose=False)
-    second = _build(name, checkpoint_8x8)
+    second, _ = _from_spec(name, teacher_checkpoint)
     for a, b in zip(first.parameters(), second.parameters(), strict=True):
         assert torch.equal(a, b)
 

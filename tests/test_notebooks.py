@@ -30,6 +30,13 @@ def _execute(notebook: str, tmp_path: Path, parameters: dict) -> tuple[list, lis
     return cells, images
 
 
+def _text(cells: list) -> str:
+    """Everything the cells printed."""
+    return "".join(
+        "".join(o.get("text", "")) for c in cells for o in c.get("outputs", []) if "text" in o
+    )
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_is_a_thin_driver_with_stripped_outputs(path: Path):
     cells = json.loads(path.read_text())["cells"]
@@ -41,22 +48,68 @@ def test_notebook_is_a_thin_driver_with_stripped_outputs(path: Path):
         assert cell.get("outputs") == [] and cell.get("execution_count") is None
 
 
+# One spec per family the quickstart must drive unchanged: (spec, the sentence its skipped
+# explanation prints, or None when SHAP and LIME run). One trial each: ~45 s a case on 2 cores.
+QUICKSTART_CASES = {
+    "images": ("mnist_cnn.yaml", None),
+    "tables": ("breast_cancer_mlp.yaml", None),
+    "sequences-regression": ("adding_lstm.yaml", "on 'adding' data, 'lstm' predicts no class"),
+    "generative": ("mnist_autoencoder.yaml", "'autoencoder' is not one"),
+}
+
+
 @pytest.mark.slow
-def test_quickstart_runs_in_smoke_mode(tmp_path: Path):
+@pytest.mark.parametrize("case", QUICKSTART_CASES, ids=str)
+def test_quickstart_runs_on_every_family(case: str, tmp_path: Path):
+    spec_file, skipped = QUICKSTART_CASES[case]
     root = tmp_path / "mlruns"
-    _, images = _execute(
+    cells, images = _execute(
         "01_quickstart.ipynb",
         tmp_path,
         {
-            "spec_path": str(EXPERIMENTS / "mnist_cnn.yaml"),
+            "spec_path": str(EXPERIMENTS / spec_file),
             "root": str(root),
-            "trials": 2,
+            "trials": 1,
             "overrides": tiny(root)[1:],
-            "n_images": 2,
+            "n": 2,
         },
     )
-    assert len(images) >= 3, "history, learning curves and attributions are drawn inline"
-    assert (root / "mlflow.db").is_file() and (root / "optuna.db").is_file()
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    text = _text(cells)
+    assert "searched: " in text
+    study = optuna.load_study(
+        study_name=Path(spec_file).stem, storage=f"sqlite:///{root}/optuna.db"
+    )
+    assert [t.state.name for t in study.trials] == ["COMPLETE"]
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    (trial,) = client.search_runs(["1"], filter_string="tags.`workbench.role` = 'trial'")
+    explained = {f.path for f in client.list_artifacts(trial.info.run_id, "explain")}
+    if skipped is None:
+        assert "Explanation skipped" not in text
+        # history, learning curves, SHAP vs LIME, faithfulness (tables add SHAP's own plots)
+        assert len(images) >= 4, "history, curves and explanations are drawn inline"
+        assert "explain/faithfulness.png" in explained
+    else:
+        assert "Explanation skipped: " in text and skipped in text, text[-2000:]
+        assert len(images) == 2, "history and learning curves only"
+        assert not explained
+
+
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.name)
+def test_quickstart_explains_exactly_the_specs_that_explain(path: Path):
+    """The quickstart's branch on every spec in experiments/: explained when the spec asks for
+    it, otherwise one sentence that says why not."""
+    from workbench.spec import load_spec
+    from workbench.trained_model import TrainedModel
+
+    spec = load_spec(path)
+    reason = TrainedModel(spec, checkpoint="unused.ckpt").explain_skipped_because
+    if spec.explain.enabled:
+        assert reason is None
+    else:
+        assert reason.startswith("Explanation skipped: ") and reason.endswith(".")
 
 
 @pytest.mark.slow
@@ -74,10 +127,7 @@ def test_studies_notebook_runs_in_smoke_mode(tmp_path: Path):
         },
     )
     assert len(images) >= 4, "Pareto front, intermediate values and history are drawn inline"
-    text = "".join(
-        "".join(o.get("text", "")) for c in cells for o in c.get("outputs", []) if "text" in o
-    )
-    assert "pruning trained" in text
+    assert "pruning trained" in _text(cells)
     import optuna
 
     storage = f"sqlite:///{root}/optuna.db"

@@ -46,11 +46,32 @@ class TrainedModel:
     def data(self):
         """The spec's data module, set up (the same splits and normalisation as in training)."""
         if self._data is None:
-            from workbench.train import build_datamodule
+            from workbench.train import data_from_spec
 
-            self._data = build_datamodule(self.spec)
+            self._data = data_from_spec(self.spec)
             self._data.setup()
         return self._data
+
+    @property
+    def explain_skipped_because(self) -> str | None:
+        """``None`` when ``explain()`` applies; otherwise one sentence saying why it does not
+        (what a notebook prints in place of the explanation)."""
+        from workbench.registry import explainable, model_class
+
+        name, data = self.spec.model.name, self.spec.data.name
+        if not getattr(model_class(name), "explainable", False):
+            return (
+                f"Explanation skipped: SHAP and LIME explain classifiers, and {name!r} is not "
+                "one (it has no class whose evidence they could attribute)."
+            )
+        if not explainable(name, data):
+            return (
+                f"Explanation skipped: on {data!r} data, {name!r} predicts no class to explain "
+                "(SHAP and LIME explain classifications here, not regression values or actions)."
+            )
+        if not self.spec.explain.enabled:
+            return "Explanation skipped: the spec turns it off (explain.enabled: false)."
+        return None
 
     def explain(self, log: bool = True, **options):
         """SHAP and LIME with trust metrics (``workbench.explain.explain_model`` options); the

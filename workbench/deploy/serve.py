@@ -3,17 +3,24 @@
 The app is MLflow's own (what ``mlflow models serve`` runs): it checks requests against the logged
 signature and answers a 400 that names the fault for a wrong shape or a wrong type. In front of it
 sits one check MLflow lacks: an empty body is refused as such (MLflow only calls it invalid JSON).
-``python -m workbench.deploy.serve MODEL_URI [--host] [--port]`` runs it.
+``python -m workbench.deploy.serve MODEL_URI [--host] [--port]`` runs it; ``with serving(uri,
+tracking_uri) as url:`` runs it for the length of a block (a notebook, a test).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import socket
+import subprocess
 import sys
+import tempfile
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +100,58 @@ def serve_environment(tracking_uri: str) -> dict[str, str]:
     ``bin/`` leads the PATH, as if it were activated."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     return {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": path}
+
+
+@contextlib.contextmanager
+def serving(
+    model_uri: str, tracking_uri: str, port: int = 5001, timeout_s: float = 120.0
+) -> Iterator[str]:
+    """Serve ``model_uri`` on 127.0.0.1:``port`` for the length of the block; yield its URL
+    once ``/ping`` answers, and stop the server (its whole process group) on the way out.
+
+    A server that exits or stays silent for ``timeout_s`` raises ``RuntimeError`` naming the
+    model URI, with the end of the server's output.
+    """
+    from workbench.deploy.ui import _stop_process_groups
+
+    with socket.socket() as probe:  # another server on the port would answer our /ping
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise RuntimeError(f"serving {model_uri}: port {port} is in use ({exc})") from None
+    url = f"http://127.0.0.1:{port}"
+    # Output to a file, not a pipe: a chatty server would block once a pipe filled up.
+    with tempfile.TemporaryFile() as log:
+        server = subprocess.Popen(
+            serve_command(model_uri, port=port),
+            env=serve_environment(tracking_uri),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            _wait_for_ping(url, server, log, model_uri, timeout_s)
+            yield url
+        finally:
+            _stop_process_groups([server])
+
+
+def _wait_for_ping(url: str, server: subprocess.Popen, log, model_uri: str, timeout_s: float):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=2):
+                return
+        except OSError:
+            if server.poll() is not None:
+                log.seek(0)
+                output = log.read().decode(errors="replace")[-2000:]
+                raise RuntimeError(
+                    f"serving {model_uri}: the server exited with {server.returncode} before "
+                    f"answering {url}/ping; its output ends:\n{output}"
+                ) from None
+            time.sleep(0.5)
+    raise RuntimeError(f"serving {model_uri}: {url}/ping did not answer within {timeout_s:.0f} s")
 
 
 class PredictionError(RuntimeError):

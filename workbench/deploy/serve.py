@@ -112,7 +112,7 @@ def serving(
     A server that exits or stays silent for ``timeout_s`` raises ``RuntimeError`` naming the
     model URI, with the end of the server's output.
     """
-    from workbench.deploy.ui import _stop_process_groups
+    from workbench.deploy.ui import stop_process_groups
 
     with socket.socket() as probe:  # another server on the port would answer our /ping
         try:
@@ -133,7 +133,7 @@ def serving(
             _wait_for_ping(url, server, log, model_uri, timeout_s)
             yield url
         finally:
-            _stop_process_groups([server])
+            stop_process_groups([server])
 
 
 def _wait_for_ping(url: str, server: subprocess.Popen, log, model_uri: str, timeout_s: float):

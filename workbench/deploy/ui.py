@@ -43,7 +43,7 @@ def serve_uis(root: Path, host: str, mlflow_port: int, dashboard_port: int) -> i
     finally:
         for signum in previous:  # a second signal must not cut the clean-up short
             signal.signal(signum, signal.SIG_IGN)
-        _stop_process_groups(list(processes.values()))
+        stop_process_groups(list(processes.values()))
         for signum, handler in previous.items():
             if handler is not None:  # None: a handler not installed from Python
                 signal.signal(signum, handler)
@@ -56,7 +56,7 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _stop_process_groups(processes: list[subprocess.Popen], timeout: float = 15.0) -> None:
+def stop_process_groups(processes: list[subprocess.Popen], timeout: float = 15.0) -> None:
     """SIGTERM each process's group, wait up to ``timeout``, then SIGKILL what is left."""
 
     def signal_group(process: subprocess.Popen, signum: int) -> None:

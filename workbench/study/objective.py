@@ -15,7 +15,7 @@ from workbench.contracts import DrawsEpochFigures
 from workbench.spec import ExperimentSpec, apply_override, load_spec
 from workbench.study.config import sample_params
 from workbench.study.liveness import WorkerLock
-from workbench.study.recovery import run_tags
+from workbench.study.recovery import run_environment, run_tags
 
 FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 KILLED = (optuna.TrialPruned,)  # a trial ended by these is KILLED in MLflow, not FAILED
@@ -57,6 +57,7 @@ class Objective:
             store, self.parent, f"trial-{trial.number}", tags, KILLED
         ) as run_id:
             trial.set_user_attr("mlflow_run_id", run_id)
+            tracking.log_environment(store, run_id, run_environment(spec))
             repeated = _repeats(trial)
             if repeated is not None and not spec.study.allow_repeats:
                 raise optuna.TrialPruned(

@@ -14,7 +14,7 @@ from typing import Any
 
 import optuna
 
-from workbench import tracking
+from workbench import environment, tracking
 from workbench.spec import ExperimentSpec
 from workbench.study.liveness import fail_dead_trials
 
@@ -188,6 +188,7 @@ def create_study_run(store: tracking.Store, spec: ExperimentSpec, data, uid: str
     """The study's parent run, tagged with the id the Optuna study records too."""
     tags = {**run_tags(spec, data, "study"), STUDY_UID: uid}
     parent = tracking.start_run(store, spec.name, tags)
+    tracking.log_environment(store, parent, run_environment(spec))
     tracking.log_json(store, parent, spec.to_dict(), "spec.json")
     tracking.log_params(store, parent, _flatten(spec.to_dict(), skip=("search_space",)))
     return parent
@@ -212,7 +213,7 @@ def run_tags(
     tags = {
         tracking.ROLE: study_role,
         tracking.STUDY: spec.name,
-        "git_commit": tracking.git_commit(Path(__file__).parent),
+        "git_commit": _commit_label(run_environment(spec)["git"]),
         "seed": str(spec.seed),
         "data.name": spec.data.name,
         "data.fingerprint": data.fingerprint_,
@@ -221,3 +222,17 @@ def run_tags(
     if trial is not None:
         tags[tracking.TRIAL] = str(trial)
     return tags
+
+
+def run_environment(spec: ExperimentSpec) -> dict[str, Any]:
+    """This process's environment (read once per process), with the determinism the spec asks of
+    its Trainer."""
+    # train.py builds every Trainer with deterministic=False while the spec has no such field.
+    return environment.capture(deterministic=bool(getattr(spec.trainer, "deterministic", False)))
+
+
+def _commit_label(git: dict[str, Any]) -> str:
+    """The ``git_commit`` tag: the commit, ``-dirty`` when the tree differs from it."""
+    if not git.get("commit"):
+        return "unknown"
+    return f"{git['commit']}-dirty" if git.get("dirty") else git["commit"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -159,22 +158,32 @@ def run_history(tracking_uri: str, run_id: str) -> list[dict[str, float]]:
     return [rows[e] for e in sorted(rows)]
 
 
-def git_commit(path: str | Path = ".") -> str:
-    """The current git commit of ``path`` (with ``-dirty`` when there are local changes)."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=path,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{sha}-dirty" if dirty else sha
+# Environment tags: filter runs by commit, a dirty tree, the torch version or the lock file.
+GIT_COMMIT, GIT_DIRTY = "workbench.git_commit", "workbench.git_dirty"
+TORCH, LOCK_SHA256 = "workbench.torch", "workbench.lock_sha256"
+
+
+def environment_tags(env: dict[str, Any]) -> dict[str, str]:
+    """The few values of ``workbench.environment.capture()`` worth a tag."""
+    git, lock = env.get("git") or {}, env.get("lock") or {}
+    return {
+        GIT_COMMIT: str(git.get("commit") or "none"),
+        GIT_DIRTY: str(git.get("dirty")).lower() if git.get("dirty") is not None else "unknown",
+        TORCH: str((env.get("packages") or {}).get("torch", "none")),
+        LOCK_SHA256: str(lock.get("sha256") or "none"),
+    }
+
+
+def log_environment(store: Store, run_id: str, env: dict[str, Any]) -> None:
+    """The run's environment: ``environment.json``, its tags, and ``environment/diff.patch``
+    (the uncommitted changes) when the tree was dirty."""
+    git = dict(env.get("git") or {})
+    diff = git.pop("diff", None)
+    if diff:
+        git["diff"] = "environment/diff.patch"
+        store.client.log_text(run_id, diff, "environment/diff.patch")
+    log_json(store, run_id, {**env, "git": git}, "environment.json")
+    set_tags(store, run_id, environment_tags(env))
 
 
 def log_explanation(store: Store, run_id: str, report, prefix: str = "explain") -> None:
@@ -226,11 +235,12 @@ __all__ = [
     "child_runs",
     "claim_registered_model",
     "end_run",
+    "environment_tags",
     "filter_value",
     "find_study_run",
-    "git_commit",
     "load_network",
     "log_arrays",
+    "log_environment",
     "log_explanation",
     "log_figure",
     "log_file",

@@ -39,3 +39,21 @@ def test_a_module_that_breaks_a_contract_is_rejected(tmp_path: Path):
     assert done.returncode != 0
     assert "workbench.models.probe -> mlflow" in done.stdout
     assert "models know nothing of Optuna, MLflow" in done.stdout
+
+
+def test_the_only_x_imports_y_rules_cover_every_top_level_module():
+    """A new module (workbench/x.py or workbench/x/) must be listed in the "only study imports
+    optuna" and "only tracking imports mlflow" contracts, or it could import either unseen."""
+    import pkgutil
+
+    import tomllib
+
+    import workbench
+
+    contracts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
+    by_name = {c["name"]: set(c["source_modules"]) for c in contracts["contracts"]}
+    top = {f"workbench.{m.name}" for m in pkgutil.iter_modules(workbench.__path__)}
+    optuna_rule = next(v for k, v in by_name.items() if k.startswith("only workbench.study"))
+    mlflow_rule = next(v for k, v in by_name.items() if k.startswith("only workbench.tracking"))
+    assert top - {"workbench.study"} == optuna_rule
+    assert top - {"workbench.tracking"} == mlflow_rule

@@ -195,7 +195,10 @@ def git_state(root: Path) -> dict[str, Any]:
         lines = [entry for entry in status.stdout.split("\0") if entry]
         untracked = [entry[3:] for entry in lines if entry.startswith("?? ")]
         diff = _git(root, "diff", "HEAD", "--no-color").stdout if lines else ""
-        diff += "".join(_new_file_patch(root, path) for path in untracked)
+        for path in untracked:  # new files as patches, until the limit is reached
+            if len(diff) > DIFF_LIMIT_BYTES:
+                break
+            diff += _new_file_patch(root, path)
     except (OSError, subprocess.SubprocessError):
         return dict(NO_GIT)
     truncated = len(diff.encode()) > DIFF_LIMIT_BYTES

@@ -115,6 +115,7 @@ def serving(
     from workbench.deploy.ui import stop_process_groups
 
     with socket.socket() as probe:  # another server on the port would answer our /ping
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not in use
         try:
             probe.bind(("127.0.0.1", port))
         except OSError as exc:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from workbench.contracts import ShowsPixels
 from workbench.explain.core import Explanation, predict_proba, shap_summary_plots, side_by_side
 from workbench.explain.explainers import EXPLAINERS, Attributions, ExplanationInputs
 from workbench.explain.methods import SHAP_METHODS, grid_segments
@@ -184,7 +185,7 @@ def _prepare(network, data, n: int, background: int, seed: int, target_class: in
         targets = np.full_like(targets, target_class)
     generator = torch.Generator().manual_seed(seed)
     chosen = train_x[torch.randperm(len(train_x), generator=generator)[:background]].cpu()
-    display = data.to_pixels(inputs).numpy()
+    display = (data.to_pixels(inputs) if isinstance(data, ShowsPixels) else inputs).numpy()
     if kind == "image":
         display = display[:, 0]
         baseline = torch.full_like(inputs[:1], float(train_x.min()))

@@ -179,8 +179,8 @@ def log_environment(store: Store, run_id: str, env: dict[str, Any]) -> None:
     (the uncommitted changes) when the tree was dirty."""
     git = dict(env.get("git") or {})
     diff = git.pop("diff", None)
+    git["diff"] = "environment/diff.patch" if diff else None  # the same keys, clean or dirty
     if diff:
-        git["diff"] = "environment/diff.patch"
         store.client.log_text(run_id, diff, "environment/diff.patch")
     log_json(store, run_id, {**env, "git": git}, "environment.json")
     set_tags(store, run_id, environment_tags(env))

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from workbench.data.device import DeviceBatches
+from workbench.data.device import DeviceBatches, shard_order, shard_size
 
 # A loader returns images in [0, 1] as float32 (N, H, W), int64 labels, and optionally a fixed
 # test split (IDX files ship one); without it the data module carves a stratified test split.
@@ -26,7 +26,13 @@ LoadResult = tuple[Arrays, Arrays | None]
 
 class ArrayDataModule(pl.LightningDataModule):
     """Arrays held in memory (a ``workbench.contracts.DataFamily``): stratified seeded splits,
-    train-only normalisation, optional augmentation of image batches."""
+    train-only normalisation, optional augmentation of image batches.
+
+    Under DDP (``trainer.devices`` > 1) each process batches its own shard of every split: the
+    validation and test metrics, synchronised on compute, cover each split exactly once.
+    """
+
+    shards_by_rank = True  # the Trainer may run it on several processes (train.fit checks)
 
     def __init__(
         self,
@@ -122,12 +128,21 @@ class ArrayDataModule(pl.LightningDataModule):
 
     # --- loaders ------------------------------------------------------------------------------
     def _loader(self, name: str, shuffle: bool) -> DeviceBatches | DataLoader:
+        rank, world = (
+            (0, 1) if self.trainer is None else (self.trainer.global_rank, self.trainer.world_size)
+        )
         if self.on_device:
             device = self.trainer.strategy.root_device if self.trainer is not None else "cpu"
-            return DeviceBatches(*self.split(name), self.batch_size, shuffle, self.seed, device)
+            return DeviceBatches(
+                *self.split(name), self.batch_size, shuffle, self.seed, device, rank, world
+            )
         generator = torch.Generator().manual_seed(self.seed)
+        dataset = TensorDataset(*self.split(name))
+        if world > 1:  # Lightning's DistributedSampler would pad the split: shard it here
+            sampler = RankShard(len(dataset), generator, shuffle, rank, world)
+            return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler)
         return DataLoader(
-            TensorDataset(*self.split(name)),
+            dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
             generator=generator if shuffle else None,
@@ -147,6 +162,24 @@ class ArrayDataModule(pl.LightningDataModule):
             images, labels = batch
             return random_affine(images), labels
         return batch
+
+
+class RankShard(Sampler[int]):
+    """One DDP process's indices of a split per epoch (``device.shard_order``): no padding."""
+
+    def __init__(
+        self, n: int, generator: torch.Generator, shuffle: bool, rank: int, world: int
+    ) -> None:
+        self.n, self.generator, self.shuffle = n, generator, shuffle
+        self.rank, self.world = rank, world
+
+    def __len__(self) -> int:
+        return shard_size(self.n, self.rank, self.world, equal=self.shuffle)
+
+    def __iter__(self):
+        return iter(
+            shard_order(self.n, self.generator, self.shuffle, self.rank, self.world).tolist()
+        )
 
 
 def random_affine(

@@ -82,7 +82,11 @@ class TrainerSpec:
     patience: int = 3
     """Early stopping: epochs without improvement of ``study.metric``."""
     accelerator: str = "auto"
-    devices: str | int = "auto"
+    devices: int = 1
+    """Processes one trial trains on (one device each); more than 1 needs ``strategy: ddp``."""
+    strategy: str = "auto"
+    """``auto`` (one process) or ``ddp``: ``devices`` processes on this machine, each with its
+    shard of every split (CPU/gloo; see docs/scaling.md)."""
     precision: str = "auto"
     """``auto``: bf16 autocast on a GPU that supports it, else float32; or a Lightning value."""
     matmul_precision: str = "auto"
@@ -99,6 +103,17 @@ class TrainerSpec:
             self.accelerator in {"auto", "cpu", "gpu", "cuda", "mps"},
             "trainer.accelerator",
             f"must be one of auto, cpu, gpu, cuda, mps; got {self.accelerator!r}",
+        )
+        _require(self.devices >= 1, "trainer.devices", f"must be >= 1; got {self.devices}")
+        _require(
+            self.strategy in {"auto", "ddp"},
+            "trainer.strategy",
+            f"must be auto or ddp; got {self.strategy!r}",
+        )
+        _require(
+            self.devices == 1 or self.strategy == "ddp",
+            "trainer.devices",
+            f"{self.devices} processes need trainer.strategy: ddp",
         )
         _require(
             self.matmul_precision in {"auto", "highest", "high", "medium"},

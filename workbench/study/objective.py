@@ -39,9 +39,10 @@ class Objective:
         if self.claim is not None:
             self.claim.release()  # this trial is RUNNING: other processes count it now
         import lightning.pytorch as pl
-        from optuna_integration import PyTorchLightningPruningCallback
 
+        from workbench.study.ddp import pruning_callback
         from workbench.train import fit, module_from_spec
+        from workbench.train.ddp import is_ddp
 
         WorkerLock.of_this_process(self.store.root).record(trial)
         params = sample_params(self.spec.search_space, trial)
@@ -80,7 +81,7 @@ class Objective:
                 monitor=spec.study.metric,
                 mode=_mode(spec),
                 # Optuna cannot prune a trial with several objectives.
-                callbacks=[PyTorchLightningPruningCallback(trial, monitor=spec.study.metric)]
+                callbacks=[pruning_callback(trial, spec.study.metric, is_ddp(spec.trainer))]
                 if not spec.study.extra_objectives
                 else [],
                 on_epoch=lambda epoch, metrics: _log_epoch(store, run_id, model, epoch, metrics),

@@ -1,7 +1,8 @@
 """One training run: a Lightning Trainer with early stopping and checkpointing, then a test pass.
 
 Knows nothing of Optuna or MLflow: the study passes extra callbacks (pruning) and an
-``on_epoch`` function (tracking) in.
+``on_epoch`` function (tracking) in. ``trainer.strategy: ddp`` trains on several processes
+(``ddp.py``); this process stays rank 0, so checkpoints and ``on_epoch`` happen here only.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from workbench import registry
 from workbench.contracts import CountsConfusion
 from workbench.spec import ExperimentSpec, SpecError, TrainerSpec
+from workbench.train.ddp import CountsValidation, check_ddp, ddp_strategy, is_ddp
 
 # Lightning announces GPU/TPU availability and product tips at INFO for every Trainer: once per
 # trial that drowns the study's own progress lines. Warnings and errors still show.
@@ -65,6 +67,8 @@ class EpochHistory(Callback):
         self._lr = 0.0
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:  # a DDP fork: rank 0 records (metrics are synced)
+            return
         self._record(trainer)
         self._epoch = trainer.current_epoch
         self._lr = float(trainer.optimizers[0].param_groups[0]["lr"])
@@ -75,7 +79,9 @@ class EpochHistory(Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exc) -> None:
         self._record(trainer, stages=("val/",))  # the epoch's train metrics were never computed
 
-    def _record(self, trainer: pl.Trainer, stages: tuple[str, ...] = ("train/", "val/")) -> None:
+    def _record(
+        self, trainer: pl.Trainer, stages: tuple[str, ...] = ("train/", "val/", "ddp/")
+    ) -> None:
         if self._epoch is None:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(stages)}
@@ -129,15 +135,20 @@ def build_trainer(
     )
     precision, matmul = device_defaults(spec)
     torch.set_float32_matmul_precision(matmul)
+    distributed = is_ddp(spec)
     trainer = pl.Trainer(
         max_epochs=spec.max_epochs,
-        accelerator=spec.accelerator,
+        accelerator="cpu" if distributed else spec.accelerator,
         devices=spec.devices,
+        strategy=ddp_strategy() if distributed else "auto",
+        # The data modules shard each split by rank themselves; Lightning's sampler would pad.
+        use_distributed_sampler=False,
         precision=precision,
         logger=False,  # tracking.py logs to MLflow, with statuses decided by the study
         callbacks=[
             EarlyStopping(monitor=monitor, mode=mode, patience=spec.patience),
             checkpoint,
+            *([CountsValidation()] if distributed else []),
             *callbacks,
         ],
         enable_progress_bar=spec.progress_bar,
@@ -175,7 +186,12 @@ def fit(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     test: bool = True,
 ) -> FitResult:
-    """Train with early stopping, reload the best checkpoint, and evaluate it on the test split."""
+    """Train with early stopping, reload the best checkpoint, and evaluate it on the test split.
+
+    Under DDP the test pass runs in this process alone, on the whole test split.
+    """
+    if is_ddp(spec):
+        check_ddp(spec, data)
     history = EpochHistory(on_epoch)
     trainer, checkpoint = build_trainer(spec, monitor, mode, checkpoint_dir, [history, *callbacks])
     # A compiled module shares its parameters with ``model``; checkpoint and test use ``model``.
@@ -190,6 +206,9 @@ def fit(
     load_checkpoint_weights(model, best_path)
     result = FitResult(best_path, best_score, history.rows)
     if test:
+        if is_ddp(spec):
+            one = dataclasses.replace(spec, devices=1, strategy="auto", accelerator="cpu")
+            trainer = build_trainer(one, monitor, mode, checkpoint_dir)[0]
         scores = _run_interruptibly(
             trainer, lambda: trainer.test(model, datamodule=data, verbose=False)
         )

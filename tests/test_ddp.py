@@ -164,3 +164,31 @@ def test_ddp_refuses_data_that_does_not_shard_and_names_the_field(tmp_path: Path
     data = data_from_spec(spec)
     with pytest.raises(SpecError, match=r"trainer\.devices: .* does not shard"):
         fit(module_from_spec(spec, data), data, spec.trainer, tmp_path)
+
+
+@pytest.mark.slow
+def test_a_fork_that_fails_fails_the_fit_with_its_own_error_and_leaves_no_process(tmp_path: Path):
+    import dataclasses
+
+    import lightning.pytorch as pl
+
+    from workbench.train import data_from_spec, fit, module_from_spec
+
+    class FailsOnRankOne(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.global_rank == 1:
+                raise ValueError("rank one broke")
+
+    spec = load_spec(_spec_file(tmp_path), _overrides(tmp_path / "mlruns"))
+    trainer = dataclasses.replace(spec.trainer, devices=2, strategy="ddp")
+    data = data_from_spec(spec)
+    with pytest.raises(RuntimeError, match="(?s)a DDP process failed.*rank one broke"):
+        fit(
+            module_from_spec(spec, data),
+            data,
+            trainer,
+            tmp_path / "ckpt",
+            callbacks=[FailsOnRankOne()],
+        )
+    assert psutil.Process().children(recursive=True) == []
+    assert not torch.distributed.is_initialized()

@@ -144,14 +144,14 @@ class _ForkLauncher(_Launcher):
                 if time.monotonic() > deadline:
                     os.kill(pid, signal.SIGKILL)
                 time.sleep(0.02)
-            if os.waitstatus_to_exitcode(done[1]) not in (0, -signal.SIGKILL):
-                failed.append(pid)
+            if (code := os.waitstatus_to_exitcode(done[1])) not in (0, -signal.SIGKILL):
+                failed.append(f"pid {pid} exit code {code}")
         self.pids = []
         reports = sorted(errors.glob("rank-*.txt"))
-        if quiet or not reports or isinstance(cause, KeyboardInterrupt):
+        if quiet or not (reports or failed) or isinstance(cause, KeyboardInterrupt):
             return
         text = "\n".join(f"{path.stem}:\n{path.read_text()}" for path in reports)
-        raise RuntimeError(f"a DDP process failed:\n{text}") from cause
+        raise RuntimeError(f"a DDP process failed ({', '.join(failed)}):\n{text}") from cause
 
     def kill(self, signum) -> None:
         for pid in self.pids:

@@ -3,7 +3,9 @@
 Identical trials (empty search space, no pruning, explanations off) of a study run through
 `run_study`, each trial's wall time taken from Optuna, against the same model trained the same way
 with `fit()` alone, untracked. The difference is everything tracking adds per trial: the child run,
-per-epoch metric batches, params, the two plots and the logged model.
+per-epoch metric batches, params, the environment, and (``--log-models all``) the two plots and
+the logged model; under ``best`` (the default) those are logged once, for the champion, when the
+study ends, outside any trial.
 
 Tracked and untracked trials are interleaved in pairs, in ABBA order (tracked first in even pairs,
 untracked first in odd ones), so a machine that drifts (another load, clock changes) moves both
@@ -38,7 +40,7 @@ from workbench.train import data_from_spec, fit, module_from_spec
 SPEC = Path(__file__).resolve().parents[1] / "experiments" / "mnist_cnn.yaml"
 
 
-def _spec(root: str, epochs: int):
+def _spec(root: str, epochs: int, log_models: str = "best"):
     raw = yaml.safe_load(SPEC.read_text())
     raw.update(name="bench_tracking", search_space={})
     return load_spec(
@@ -51,6 +53,8 @@ def _spec(root: str, epochs: int):
             "study.pruner_options={}",
             "explain.enabled=false",
             "study.progress_bar=false",
+            "study.allow_repeats=true",  # identical trials on purpose
+            f"tracking.log_models={log_models}",
             "data.augment=false",
         ],
     )
@@ -78,9 +82,13 @@ def main() -> None:
     )
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--pairs", type=int, default=6, help="counted pairs, after one warm-up")
+    parser.add_argument(
+        "--log-models", default="best", choices=["best", "all"],
+        help="best: the champion's model and figures when the study ends; all: every trial's",
+    )  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        spec = _spec(f"{tmp}/mlruns", args.epochs)
+        spec = _spec(f"{tmp}/mlruns", args.epochs, args.log_models)
         data = data_from_spec(spec)
         epoch_logging = EpochLoggingTimer()
         finished = 0
@@ -115,7 +123,10 @@ def main() -> None:
             if pair > 0:  # pair 0 is the warm-up
                 rows.append((with_s, work_s, without_s))
 
-    print(f"\n{args.pairs} pairs of identical {args.epochs}-epoch trials (MNIST-subset CNN, CPU)")
+    print(
+        f"\n{args.pairs} pairs of identical {args.epochs}-epoch trials (MNIST-subset CNN, CPU), "
+        f"tracking.log_models={args.log_models}"
+    )
     print(f"{'pair':>4s} {'tracked s':>10s} {'untracked s':>12s} {'difference':>11s} {'timed':>7s}")
     for i, (with_s, work_s, without_s) in enumerate(rows, 1):
         difference = (with_s - without_s) / with_s

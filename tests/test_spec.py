@@ -66,6 +66,7 @@ BASE = yaml.safe_load((EXPERIMENTS / "mnist_cnn.yaml").read_text())
         ("data.val_fraction=0.9", "data.val_fraction"),
         ("data.batch_size=true", "data.batch_size"),  # a bool is not an int
         ("study.direction=up", "study.direction"),
+        ("tracking.log_models=some", "tracking.log_models"),
         ("model.name=resnet9000", "model.name"),
         ("model.params.widht=3", "model.params.widht"),
         ("search_space.lr.low=-1", "search_space.lr.low"),  # log scale needs low > 0

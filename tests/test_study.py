@@ -74,12 +74,28 @@ def test_trials_and_runs_agree(finished):
     assert result.best_value == pytest.approx(max(t.value for t in trials))
 
 
-def test_each_run_holds_its_plots_and_the_best_its_explanations(finished):
+def _logged(client, run_id: str) -> tuple[set[str], list]:
+    plots = {f.path for f in client.list_artifacts(run_id, "plots")}
+    run = client.get_run(run_id)
+    models = client.search_logged_models(
+        [run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"
+    )
+    return plots, models
+
+
+def test_the_champion_holds_its_model_plots_and_explanations(finished):
+    """``tracking.log_models: best`` (the default): only the champion's run holds a model and
+    figures, logged from its checkpoint when the study ends; the other trials paid for neither."""
     spec, result = finished
+    assert spec.tracking.log_models == "best"
     client = MlflowClient(result.tracking_uri)
     for run in _children(result):
-        plots = {f.path for f in client.list_artifacts(run.info.run_id, "plots")}
-        assert plots == {"plots/learning_curves.png", "plots/confusion_matrix.png"}
+        plots, models = _logged(client, run.info.run_id)
+        if run.info.run_id == result.best_run_id:
+            assert plots == {"plots/learning_curves.png", "plots/confusion_matrix.png"}
+            assert [f"models:/{m.model_id}" for m in models] == [result.model_uri]
+        else:
+            assert plots == set() and models == []
     explained = {f.path for f in client.list_artifacts(result.best_run_id, "explain")}
     assert {
         "explain/shap.png",
@@ -127,6 +143,27 @@ def test_resume_runs_only_the_missing_trials_in_the_same_parent(tmp_path: Path):
     versions = MlflowClient(third.tracking_uri).search_model_versions("name = 'mnist_cnn'")
     champions = {first.best_run_id, second.best_run_id}
     assert sorted(v.run_id for v in versions) == sorted(champions)
+
+
+def test_log_models_all_logs_every_trial_and_a_new_champion_is_logged_on_resume(tmp_path: Path):
+    root = tmp_path / "mlruns"
+    every = run_study(SPEC, trials=2, overrides=tiny(root, **{"tracking.log_models": "all",
+                      "explain.enabled": False, "name": "every"}))  # fmt: skip
+    client = MlflowClient(every.tracking_uri)
+    for run in _children(every):
+        plots, models = _logged(client, run.info.run_id)
+        assert plots == {"plots/learning_curves.png", "plots/confusion_matrix.png"}
+        assert len(models) == 1
+    # Under "best", a resumed study whose champion changes logs the new champion once.
+    overrides = tiny(root, **{"explain.enabled": False, "name": "resumed"})
+    first = run_study(SPEC, trials=1, overrides=overrides)
+    later = run_study(SPEC, trials=3, overrides=overrides)
+    logged = {r.info.run_id: len(_logged(client, r.info.run_id)[1]) for r in _children(later)}
+    champions = {first.best_run_id, later.best_run_id}
+    assert logged == {run_id: int(run_id in champions) for run_id in logged}
+    again = run_study(SPEC, trials=3, overrides=overrides)  # nothing new: nothing logged twice
+    assert again.model_uri == later.model_uri
+    assert len(_logged(client, later.best_run_id)[1]) == 1
 
 
 def test_pruned_trials_end_killed_not_failed(tmp_path: Path):

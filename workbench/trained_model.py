@@ -144,10 +144,20 @@ def from_trial(spec: ExperimentSpec, trial, store=None, data=None) -> TrainedMod
         spec,
         checkpoint,
         run_id=trial.user_attrs.get("mlflow_run_id"),
-        model_uri=trial.user_attrs.get("model_uri"),
+        model_uri=trial.user_attrs.get("model_uri") or _logged_model(store, trial),
         store=store,
         _data=data,
     )
+
+
+def _logged_model(store, trial) -> str | None:
+    """The model a trial's run logged (the champion's is logged when its study ends)."""
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if store is None or run_id is None:
+        return None
+    from workbench import tracking
+
+    return tracking.model_uri_of_run(store, run_id)
 
 
 def _best_of_study(spec: ExperimentSpec, data=None) -> TrainedModel:

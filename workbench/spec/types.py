@@ -15,6 +15,7 @@ from typing import Any
 # A checkpoint given as "study:NAME" means the best trial's checkpoint of study NAME in the same
 # storage (resolved by ``workbench.study.run_study``), e.g. a distillation teacher or GAN judge.
 STUDY_REFERENCE = "study:"
+LOG_MODELS = ("best", "all")  # tracking.log_models
 # Study, experiment and registered-model names become MLflow filter values, Optuna keys and
 # directory names: one rule for all of them, checked before any store is opened.
 NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -207,6 +208,16 @@ class TrackingSpec:
     experiment: str = "workbench"
     register_as: str | None = None
     """Model Registry name for the study's best model; defaults to the spec name."""
+    log_models: str = "best"
+    """``best``: the champion's model and figures are logged into its run when the study ends
+    (from its checkpoint), so a trial costs no model export; ``all``: every trial's, as it ends."""
+
+    def check(self) -> None:
+        _require(
+            self.log_models in LOG_MODELS,
+            "tracking.log_models",
+            f"must be one of {', '.join(LOG_MODELS)}; got {self.log_models!r}",
+        )
 
 
 @dataclass
@@ -275,7 +286,7 @@ class ExperimentSpec:
         for key, value in self.model.params.items():
             if key.endswith("checkpoint") and str(value).startswith(STUDY_REFERENCE):
                 check_name(str(value)[len(STUDY_REFERENCE) :], f"model.params.{key}")
-        for part in (self.data, self.trainer, self.study, self.explain):
+        for part in (self.data, self.trainer, self.study, self.tracking, self.explain):
             part.check()
         for key, param in self.search_space.items():
             param.check(f"search_space.{key}")

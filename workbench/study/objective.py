@@ -86,13 +86,14 @@ class Objective:
                 else [],
                 on_epoch=lambda epoch, metrics: _log_epoch(store, run_id, model, epoch, metrics),
             )
-            _log_result(store, run_id, model, data, result, time.perf_counter() - started)
-            model_uri = tracking.log_model(
-                store, run_id, model.net, model.example_input(data, 2).cpu().numpy()
-            )
+            _log_result(store, run_id, model, result, time.perf_counter() - started)
+            if spec.tracking.log_models == "all":  # else the champion's, when the study ends
+                logged = log_trained(store, run_id, model, data, result.history, result.confusion)
+                trial.set_user_attr("model_uri", logged)
         trial.set_user_attr("checkpoint", result.checkpoint)
-        trial.set_user_attr("model_uri", model_uri)
         trial.set_user_attr("test_metrics", result.test_metrics)
+        if result.confusion is not None:
+            trial.set_user_attr("confusion", result.confusion.tolist())
         if spec.study.extra_objectives:
             extra = objective_values(model.net, data, spec.study.extra_objectives)
             trial.set_user_attr("objectives", extra)
@@ -112,10 +113,8 @@ def _logged_params(model, params: dict[str, Any], spec: ExperimentSpec, data) ->
     }
 
 
-def _log_result(store, run_id: str, model, data, result, fit_s: float) -> None:
-    """The trained model's test metrics, timing and figures."""
-    from workbench import plots
-
+def _log_result(store, run_id: str, model, result, fit_s: float) -> None:
+    """The trained model's test metrics and timing."""
     tracking.log_metrics(
         store,
         run_id,
@@ -127,13 +126,50 @@ def _log_result(store, run_id: str, model, data, result, fit_s: float) -> None:
         },
         step=result.epochs,
     )
-    tracking.log_figure(
-        store, run_id, plots.learning_curves(result.history), "plots/learning_curves.png"
+
+
+def log_trained(store, run_id: str, model, data, history, confusion) -> str:
+    """A trained model into its run: the network as an MLflow model (signature, input example),
+    its learning curves and, for a classifier, its test confusion matrix. Its model URI."""
+    from workbench import plots
+
+    model_uri = tracking.log_model(
+        store, run_id, model.net, model.example_input(data, 2).cpu().numpy()
     )
-    if result.confusion is not None:
+    tracking.log_figure(store, run_id, plots.learning_curves(history), "plots/learning_curves.png")
+    if confusion is not None:
         tracking.log_figure(
-            store, run_id, plots.confusion_matrix(result.confusion), "plots/confusion_matrix.png"
+            store, run_id, plots.confusion_matrix(confusion), "plots/confusion_matrix.png"
         )
+    return model_uri
+
+
+def log_champion(spec: ExperimentSpec, trial, store, data) -> str | None:
+    """The MLflow model of a finished trial. Under ``tracking.log_models: best`` the trial logged
+    none: its model and figures are logged now, rebuilt from its checkpoint (a run that holds a
+    finished model already, e.g. from a killed earlier attempt, is not logged twice). None when
+    the checkpoint is on another machine's disk: that machine logs it when its worker ends."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from workbench.registry import load_module
+
+    run_id = trial.user_attrs["mlflow_run_id"]
+    logged = trial.user_attrs.get("model_uri") or tracking.model_uri_of_run(store, run_id)
+    if logged is not None:
+        return logged
+    if not Path(trial.user_attrs["checkpoint"]).is_file():
+        print(
+            f"trial {trial.number}: checkpoint {trial.user_attrs['checkpoint']} is not on this "
+            "machine; the machine that trained it logs its model when its worker ends"
+        )
+        return None
+    module = load_module(trial.user_attrs["checkpoint"], spec.model.name)
+    confusion = trial.user_attrs.get("confusion")
+    history = tracking.run_history(store.tracking_uri, run_id)
+    matrix = None if confusion is None else np.asarray(confusion)
+    return log_trained(store, run_id, module, data, history, matrix)
 
 
 def _repeats(trial: optuna.Trial) -> int | None:
@@ -150,7 +186,7 @@ def _repeats(trial: optuna.Trial) -> int | None:
 
 def _log_epoch(store, run_id: str, model, epoch: int, metrics: dict[str, float]) -> None:
     """An epoch's metrics, and the figures the model draws (samples, reconstructions) if any."""
-    tracking.log_metrics(store, run_id, metrics, epoch)
+    tracking.log_metrics(store, run_id, metrics, epoch, wait=False)  # end_run waits for them
     if isinstance(model, DrawsEpochFigures):
         for name, figure in model.epoch_figures().items():
             tracking.log_figure(store, run_id, figure, f"plots/{name}/epoch_{epoch:03d}.png")

@@ -14,6 +14,7 @@ import optuna
 from workbench import tracking
 from workbench.spec import ExperimentSpec
 from workbench.study.config import storage_url
+from workbench.study.objective import log_champion
 
 
 @dataclass
@@ -122,14 +123,17 @@ def finish_study(
         best.params,
     )
     result.best_run_id = best.user_attrs["mlflow_run_id"]
-    result.model_uri = best.user_attrs["model_uri"]
+    result.model_uri = log_champion(spec, best, store, data)
     result.test_metrics = dict(best.user_attrs.get("test_metrics", {}))
     if len(study.directions) > 1:
         result.pareto_trials = sorted(t.number for t in study.best_trials)
-    result.registered_model = spec.tracking.register_as or spec.name
-    result.registered_version = tracking.register_version(
-        store, result.model_uri, result.registered_model, result.best_run_id
-    )
+        for trial in study.best_trials:  # every model on the front, as the champion
+            log_champion(spec, trial, store, data)
+    if result.model_uri is not None:  # None: the champion's checkpoint is on another machine
+        result.registered_model = spec.tracking.register_as or spec.name
+        result.registered_version = tracking.register_version(
+            store, result.model_uri, result.registered_model, result.best_run_id
+        )
     tracking.set_tags(store, parent, {"best_trial": best.number, "best_run_id": result.best_run_id})
     tracking.log_metrics(
         store,

@@ -91,6 +91,7 @@ def reopen_run(store: Store, run_id: str) -> None:
 
 def end_run(store: Store, run_id: str, status: str, reason: str | None = None) -> None:
     """Close a run as FINISHED, KILLED or FAILED; a reason is kept as a tag for the UI."""
+    wait_for_metrics(run_id)
     if reason:
         store.client.set_tag(run_id, "workbench.end_reason", reason[:4000])
     store.client.set_terminated(run_id, status=status)
@@ -110,14 +111,29 @@ def log_params(store: Store, run_id: str, params: dict[str, Any]) -> None:
     store.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
 
 
-def log_metrics(store: Store, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-    """Log a dict of metrics in one batched call."""
+# Metric batches logged without waiting (per-epoch metrics during training), by run id:
+# ``end_run`` waits for them, so a closed run holds every metric it was given.
+_PENDING: dict[str, list] = {}
+
+
+def log_metrics(
+    store: Store, run_id: str, metrics: dict[str, float], step: int = 0, wait: bool = True
+) -> None:
+    """Log a dict of metrics in one batched call; ``wait=False`` queues it on MLflow's
+    asynchronous logger (the training loop does not wait for the database)."""
     import time
 
     now = int(time.time() * 1000)
-    store.client.log_batch(
-        run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()]
-    )
+    batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    operation = store.client.log_batch(run_id, metrics=batch, synchronous=wait)
+    if not wait:
+        _PENDING.setdefault(run_id, []).append(operation)
+
+
+def wait_for_metrics(run_id: str) -> None:
+    """Block until every queued metric batch of ``run_id`` is in the store."""
+    for operation in _PENDING.pop(run_id, []):
+        operation.wait()
 
 
 def set_tags(store: Store, run_id: str, tags: dict[str, Any]) -> None:
@@ -150,8 +166,14 @@ def run_history(tracking_uri: str, run_id: str) -> list[dict[str, float]]:
     """A run's per-epoch metrics as rows ``{"epoch": e, "val/acc": ..., ...}`` (for plotting)."""
     client = MlflowClient(tracking_uri)
     rows: dict[int, dict[str, float]] = {}
-    epochs = {m.step for m in client.get_metric_history(run_id, "train/loss")}
-    for key in client.get_run(run_id).data.metrics:
+    keys = client.get_run(run_id).data.metrics
+    epochs = {  # steps of the per-epoch metrics (a GAN logs two train losses, no train/loss)
+        m.step
+        for key in keys
+        if key.startswith(("train/", "val/"))
+        for m in client.get_metric_history(run_id, key)
+    }
+    for key in keys:
         for metric in client.get_metric_history(run_id, key):
             if metric.step in epochs:
                 rows.setdefault(metric.step, {"epoch": metric.step})[key] = metric.value
@@ -223,6 +245,7 @@ from workbench.tracking.models import (  # noqa: E402
     claim_registered_model,
     load_network,
     log_model,
+    model_uri_of_run,
     register_version,
     resolve_run_id,
     scoring_app,
@@ -248,6 +271,7 @@ __all__ = [
     "log_metrics",
     "log_model",
     "log_params",
+    "model_uri_of_run",
     "open_store",
     "register_version",
     "reopen_run",

@@ -36,6 +36,18 @@ def log_model(store: Store, run_id: str, network, input_example) -> str:
     return info.model_uri
 
 
+def model_uri_of_run(store: Store, run_id: str) -> str | None:
+    """The URI of the finished model a run logged (``models:/m-...``), or None."""
+    from mlflow.entities import LoggedModelStatus
+
+    run = store.client.get_run(run_id)
+    found = store.client.search_logged_models(
+        [run.info.experiment_id], filter_string=f"source_run_id = {filter_value(run_id)}"
+    )
+    ready = [m for m in found if m.status == LoggedModelStatus.READY]
+    return f"models:/{ready[0].model_id}" if ready else None
+
+
 def register_version(
     store: Store, model_uri: str, name: str, run_id: str, alias: str = "champion"
 ) -> int:

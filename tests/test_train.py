@@ -61,3 +61,19 @@ def test_one_nan_step_makes_the_epoch_loss_nan():
     mean.reset()
     mean.update(torch.tensor([1.0, 2.0, 6.0]))
     assert mean.compute().item() == pytest.approx(3.0)
+
+
+def test_running_mean_weights_each_step_and_lets_a_nan_through():
+    """A loss averaged over an epoch's batches counts each row once: a last batch of 1 row
+    weighs 1/4 of the mean when the other batch held 3. torchmetrics' MeanMetric with
+    nan_strategy="disable" dropped the weights (it gave 0.5 here)."""
+    from workbench.models.supervised import running_mean
+
+    mean = running_mean()
+    mean.update(torch.tensor(1.0), 3)
+    mean.update(torch.tensor(0.0), 1)
+    assert float(mean.compute()) == pytest.approx(0.75)
+    mean.reset()
+    mean.update(torch.tensor(float("nan")), 2)
+    mean.update(torch.tensor(1.0), 2)
+    assert torch.isnan(mean.compute())

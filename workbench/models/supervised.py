@@ -14,7 +14,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, MetricCollection
+from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
@@ -24,11 +24,31 @@ from torchmetrics.classification import (
 TASKS = ("classification", "regression")
 
 
-def running_mean() -> MeanMetric:
-    """A mean over an epoch's steps (losses, returns) that lets a NaN through, so that a
-    diverged loss shows at epoch end and stops the run. torchmetrics' default drops NaNs with a
-    warning, and checks every update on the host: a device sync per step."""
-    return MeanMetric(nan_strategy="disable")
+class RunningMean(Metric):
+    """A weighted mean over an epoch's steps (a loss weighted by its batch's rows) that lets a
+    NaN through, so that a diverged loss shows at epoch end and stops the run. torchmetrics'
+    ``MeanMetric`` checks every update on the host for NaNs (a device sync per step), and with
+    ``nan_strategy="disable"`` it ignores the weights."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("weight", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, value: torch.Tensor, weight: float | torch.Tensor = 1.0) -> None:
+        value = torch.as_tensor(value, dtype=self.total.dtype, device=self.total.device)
+        self.total += value.mean() * weight
+        self.weight += torch.as_tensor(weight, dtype=self.weight.dtype, device=self.weight.device)
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.weight
+
+
+def running_mean() -> RunningMean:
+    """A per-epoch mean of a loss or a return, weighted by the rows (or episodes) of each step."""
+    return RunningMean()
 
 
 def stage_metrics(task: str, num_classes: int, stage: str) -> torch.nn.ModuleDict:

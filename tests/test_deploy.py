@@ -139,3 +139,16 @@ def test_serving_block_names_the_model_when_the_server_dies(tiny_study):
     ):
         with serve.serving(missing, result.tracking_uri, free_port(), timeout_s=60):
             pytest.fail("a server for a model that does not exist came up")
+
+
+def test_a_trial_that_logged_no_model_says_why_it_cannot_be_served(tiny_study):
+    """Under tracking.log_models: best only the champion's run holds an MLflow model; another
+    trial's run id names the policy instead of failing inside the server."""
+    import workbench
+
+    spec, result = tiny_study
+    champion = workbench.trained(result.best_run_id, root=spec.tracking.root)
+    assert champion.mlflow_model() == result.model_uri
+    other = workbench.TrainedModel(spec, "unused.ckpt", run_id="0" * 32)
+    with pytest.raises(LookupError, match=r"tracking.log_models: best .*log_models=all"):
+        other.mlflow_model()

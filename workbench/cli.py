@@ -258,7 +258,7 @@ def _serve(args: argparse.Namespace) -> int:
     root = Path(args.root).resolve()
     model = trained(args.model_uri, root=root)  # a name the store does not hold fails here
     # A registry URI is served as given, so the server follows its alias; others by model id.
-    uri = args.model_uri if args.model_uri.startswith("models:/") else model.model_uri
+    uri = args.model_uri if args.model_uri.startswith("models:/") else model.mlflow_model()
     command = serve_command(uri, args.host, args.port)
     print(f"serving {uri} at http://{args.host}:{args.port}/invocations (Ctrl-C stops)")
     try:

@@ -37,6 +37,17 @@ class TrainedModel:
             self._module = load_module(self.checkpoint, self.spec.model.name)
         return self._module
 
+    def mlflow_model(self) -> str:
+        """The MLflow model this trial logged (what ``workbench serve`` serves); an error saying
+        why when it logged none."""
+        if self.model_uri is None:
+            raise LookupError(
+                f"run {self.run_id}: no MLflow model was logged for this trial "
+                "(tracking.log_models: best logs the champion's only); serve the champion "
+                "(models:/NAME@champion) or run the study with tracking.log_models=all"
+            )
+        return self.model_uri
+
     @property
     def network(self):
         """The plain ``nn.Module`` inside: what export, explanation and compression take."""

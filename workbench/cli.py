@@ -137,9 +137,8 @@ def _study(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     root = Path(spec.tracking.root)
-    print()
     print(
-        f"study {result.study_name!r}: {result.n_complete} complete, {result.n_pruned} pruned, "
+        f"\nstudy {result.study_name!r}: {result.n_complete} complete, {result.n_pruned} pruned, "
         f"{result.n_failed} failed"
     )
     if result.best_trial is not None:
@@ -154,6 +153,8 @@ def _study(args: argparse.Namespace) -> int:
         print(
             f"registered model: models:/{result.registered_model}@champion "
             f"(version {result.registered_version})"
+            if result.registered_model
+            else "registered model: none here (the champion was trained on another machine)"
         )
     print(f"MLflow UI:        mlflow ui --backend-store-uri {result.tracking_uri} --host 127.0.0.1")
     print(f"optuna-dashboard: optuna-dashboard {result.storage_url} --host 127.0.0.1")

@@ -166,10 +166,13 @@ def log_champion(spec: ExperimentSpec, trial, store, data) -> str | None:
         )
         return None
     module = load_module(trial.user_attrs["checkpoint"], spec.model.name)
+    # The trial's own data (a searched data.* field changes it), for the model's input example.
+    trial_spec = _with_dotted_params(spec, {k: v for k, v in trial.params.items() if "." in k})
+    trial_data = _data_for_trial(data, spec, trial_spec)
     confusion = trial.user_attrs.get("confusion")
     history = tracking.run_history(store.tracking_uri, run_id)
     matrix = None if confusion is None else np.asarray(confusion)
-    return log_trained(store, run_id, module, data, history, matrix)
+    return log_trained(store, run_id, module, trial_data, history, matrix)
 
 
 def _repeats(trial: optuna.Trial) -> int | None:
@@ -186,7 +189,7 @@ def _repeats(trial: optuna.Trial) -> int | None:
 
 def _log_epoch(store, run_id: str, model, epoch: int, metrics: dict[str, float]) -> None:
     """An epoch's metrics, and the figures the model draws (samples, reconstructions) if any."""
-    tracking.log_metrics(store, run_id, metrics, epoch, wait=False)  # end_run waits for them
+    tracking.log_metrics(store, run_id, metrics, epoch)
     if isinstance(model, DrawsEpochFigures):
         for name, figure in model.epoch_figures().items():
             tracking.log_figure(store, run_id, figure, f"plots/{name}/epoch_{epoch:03d}.png")

@@ -145,7 +145,9 @@ def finish_study(
     )
     for name, figure in study_figures(study, spec).items():
         tracking.log_figure(store, parent, figure, f"plots/{name}.png")
-    if spec.explain.enabled:
+    if spec.explain.enabled and result.model_uri is None:
+        print("explanations: the champion's checkpoint is on another machine, which explains it")
+    elif spec.explain.enabled:
         from workbench.trained_model import from_trial
 
         settings = spec.explain

@@ -22,17 +22,22 @@ def log_model(store: Store, run_id: str, network, input_example) -> str:
     import mlflow.pytorch
     import torch
 
-    with mlflow.start_run(run_id=run_id, nested=True):
-        info = mlflow.pytorch.log_model(
-            network.eval().cpu(),
-            name="model",
-            input_example=input_example,
-            pip_requirements=[
-                f"torch=={torch.__version__.split('+')[0]}",
-                f"mlflow=={mlflow.__version__}",
-            ],
-            validate_serving_input=False,
-        )
+    before = store.client.get_run(run_id).info  # a finished run (the champion's) stays as it was
+    try:
+        with mlflow.start_run(run_id=run_id, nested=True):
+            info = mlflow.pytorch.log_model(
+                network.eval().cpu(),
+                name="model",
+                input_example=input_example,
+                pip_requirements=[
+                    f"torch=={torch.__version__.split('+')[0]}",
+                    f"mlflow=={mlflow.__version__}",
+                ],
+                validate_serving_input=False,
+            )
+    finally:
+        if before.status != "RUNNING":  # start_run reopened it and closed it anew
+            store.client.set_terminated(run_id, status=before.status, end_time=before.end_time)
     return info.model_uri
 
 

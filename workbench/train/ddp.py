@@ -15,6 +15,7 @@ OpenMP's thread pool: each fork trains on one thread.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -140,15 +141,17 @@ class _ForkLauncher(_Launcher):
         deadline = time.monotonic() + 60
         failed = []
         for pid in self.pids:
+            stuck = False
             while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline and not stuck:
                     os.kill(pid, signal.SIGKILL)
+                    stuck = True
                 time.sleep(0.02)
-            if (code := os.waitstatus_to_exitcode(done[1])) not in (0, -signal.SIGKILL):
-                failed.append(f"pid {pid} exit code {code}")
+            if (code := os.waitstatus_to_exitcode(done[1])) not in (0, -signal.SIGKILL) or stuck:
+                failed.append(f"pid {pid} " + ("stuck, killed" if stuck else f"exit code {code}"))
         self.pids = []
         reports = sorted(errors.glob("rank-*.txt"))
-        if quiet or not (reports or failed) or isinstance(cause, KeyboardInterrupt):
+        if quiet or not (reports or failed) or _ends_the_trial_anyway(cause):
             return
         text = "\n".join(f"{path.stem}:\n{path.read_text()}" for path in reports)
         raise RuntimeError(f"a DDP process failed ({', '.join(failed)}):\n{text}") from cause
@@ -161,12 +164,28 @@ class _ForkLauncher(_Launcher):
                 pass
 
 
+def _ends_the_trial_anyway(cause: BaseException | None) -> bool:
+    """Ctrl-C, or a pruned trial (its forks are stopped on purpose): not a fork's failure."""
+    return isinstance(cause, KeyboardInterrupt) or type(cause).__name__ == "TrialPruned"
+
+
+def _die_with_parent() -> None:
+    """Linux: a fork is killed when rank 0's process dies, even by SIGKILL (it would otherwise
+    wait on gloo for its timeout, holding the worker lock it inherited)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def _run_fork(rank: int, errors: Path, function, args, kwargs) -> None:
     """A fork's whole life: train as ``rank``, then leave without running any exit handler
     (nothing inherited from the parent, database connections included, is closed or flushed)."""
     code = 1
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends the fork; rank 0 reports it
+        _die_with_parent()
         # GNU OpenMP does not survive fork: a fork whose parent has run a parallel region hangs
         # in its first one. One thread each, as PyTorch's DataLoader workers do.
         torch.set_num_threads(1)

@@ -94,6 +94,10 @@ def test_the_champion_holds_its_model_plots_and_explanations(finished):
         if run.info.run_id == result.best_run_id:
             assert plots == {"plots/learning_curves.png", "plots/confusion_matrix.png"}
             assert [f"models:/{m.model_id}" for m in models] == [result.model_uri]
+            # Logged into the finished run, which keeps its status and the end of its trial.
+            trial = result.load_study().trials[result.best_trial]
+            assert run.info.status == "FINISHED"
+            assert run.info.end_time <= trial.datetime_complete.timestamp() * 1000
         else:
             assert plots == set() and models == []
     explained = {f.path for f in client.list_artifacts(result.best_run_id, "explain")}

@@ -150,16 +150,16 @@ def log_arrays(store: Store, run_id: str, artifact_file: str, **arrays) -> None:
 def run_history(tracking_uri: str, run_id: str) -> list[dict[str, float]]:
     """A run's per-epoch metrics as rows ``{"epoch": e, "val/acc": ..., ...}`` (for plotting)."""
     client = MlflowClient(tracking_uri)
-    rows: dict[int, dict[str, float]] = {}
-    keys = client.get_run(run_id).data.metrics
-    epochs = {  # steps of the per-epoch metrics (a GAN logs two train losses, no train/loss)
-        m.step
-        for key in keys
-        if key.startswith(("train/", "val/"))
-        for m in client.get_metric_history(run_id, key)
+    histories = {
+        key: client.get_metric_history(run_id, key) for key in client.get_run(run_id).data.metrics
     }
-    for key in keys:
-        for metric in client.get_metric_history(run_id, key):
+    epochs = {  # steps of the per-epoch metrics (a GAN logs two train losses, no train/loss)
+        m.step for key, history in histories.items() if key.startswith(("train/", "val/"))
+        for m in history
+    }  # fmt: skip
+    rows: dict[int, dict[str, float]] = {}
+    for key, history in histories.items():
+        for metric in history:
             if metric.step in epochs:
                 rows.setdefault(metric.step, {"epoch": metric.step})[key] = metric.value
     return [rows[e] for e in sorted(rows)]

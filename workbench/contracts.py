@@ -73,3 +73,12 @@ class CountsConfusion(Protocol):
     with ``compute`` and ``reset``); ``fit`` returns it with the test metrics."""
 
     test_confusion: Any
+
+
+@runtime_checkable
+class HasBackbone(Protocol):
+    """Optional: a model whose feature extractor can start another model (``model.name:
+    transfer`` with ``backbone.source``). The blocks are its own modules (sharing their weights),
+    ordered from the input up; ``backbone.freeze: first_N`` counts them."""
+
+    def backbone_blocks(self) -> list[torch.nn.Module]: ...

@@ -20,6 +20,10 @@ from typing import Any
 
 # Constructor arguments that the data module supplies, not the spec.
 DATA_PROVIDED_ARGS = frozenset({"input_shape", "num_classes", "task", "env"})
+# Constructor arguments that the spec's ``backbone:`` section supplies (the base model's name and
+# hyperparameters come from ``backbone.source``).
+BACKBONE_ARGS = ("pretrained", "freeze", "lr_factor", "unfreeze_every")
+BACKBONE_PROVIDED_ARGS = frozenset({"base", "base_params", *BACKBONE_ARGS})
 
 _MODELS: dict[str, type] = {}
 _DATA: dict[str, Callable[..., Any]] = {}
@@ -109,8 +113,9 @@ def constructor_arguments(name: str) -> set[str]:
 
 
 def model_arguments(name: str) -> set[str]:
-    """Hyperparameters a spec may set for ``name``: constructor arguments the data does not fix."""
-    return constructor_arguments(name) - DATA_PROVIDED_ARGS
+    """Hyperparameters a spec may set for ``name`` in ``model.params``: constructor arguments
+    that neither the data nor the ``backbone:`` section fixes."""
+    return constructor_arguments(name) - DATA_PROVIDED_ARGS - BACKBONE_PROVIDED_ARGS
 
 
 def model_argument_types(name: str) -> dict[str, Any]:
@@ -128,7 +133,7 @@ def required_model_arguments(name: str) -> set[str]:
     """Hyperparameters of ``name`` that have no default, so a spec must set them."""
     params = inspect.signature(model_class(name).__init__).parameters
     required = {p for p, v in params.items() if v.default is inspect.Parameter.empty}
-    return required - {"self"} - DATA_PROVIDED_ARGS
+    return required - {"self"} - DATA_PROVIDED_ARGS - BACKBONE_PROVIDED_ARGS
 
 
 def explainable(model: str, data: str) -> bool:

@@ -5,14 +5,12 @@ and run. The CLI's explain/export/compress/serve, the notebooks and compress all
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from workbench.spec import STUDY_REFERENCE, ExperimentSpec, load_spec
-
-RUN_ID = re.compile(r"[0-9a-f]{8,64}")  # MLflow run ids are 32 hex digits
+from workbench.spec.types import RUN_ID_RULE as RUN_ID
 
 
 @dataclass
@@ -136,7 +134,14 @@ def trained(
     if text.endswith(".ckpt"):
         if model is None:
             raise ValueError(f"{text}: a checkpoint needs model= (a registered architecture)")
-        spec = load_spec({"name": "checkpoint", "model": {"name": model}}, overrides)
+        from workbench.registry import UnknownNameError, explainable
+
+        try:  # a checkpoint of a model SHAP and LIME cannot explain is still a model
+            explained = explainable(model, "mnist_subset")
+        except UnknownNameError as exc:
+            raise ValueError(f"{text}: {exc}") from exc
+        raw = {"name": "checkpoint", "model": {"name": model}, "explain": {"enabled": explained}}
+        spec = load_spec(raw, overrides)
         return TrainedModel(spec, text, _data=data)
     raise ValueError(
         f"{text!r}: expected a spec file, study:NAME, an MLflow run id, a models:/ URI or a "

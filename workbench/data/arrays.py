@@ -45,8 +45,10 @@ class ArrayDataModule(pl.LightningDataModule):
         on_device: bool = True,
         normalize: bool = True,
         seed: int = 42,
+        labels_per_class: int | None = None,
     ) -> None:
         super().__init__()
+        self.labels_per_class = labels_per_class
         self.load = load
         self.normalize = normalize
         self.batch_size = batch_size
@@ -82,6 +84,9 @@ class ArrayDataModule(pl.LightningDataModule):
         x_train, x_val, y_train, y_val = train_test_split(
             x, y, test_size=round(self.val_fraction * total), stratify=y, random_state=self.seed
         )
+        if self.labels_per_class is not None:
+            keep = per_class(y_train, self.labels_per_class, self.seed)
+            x_train, y_train = x_train[keep], y_train[keep]
         self.mean_, self.std_ = self._statistics(x_train)
         self.fingerprint_ = _fingerprint(x_train, y_train, x_val, y_val, x_test, y_test)
         self.num_classes_ = int(max(y_train.max(), y_val.max(), y_test.max())) + 1
@@ -162,6 +167,16 @@ class ArrayDataModule(pl.LightningDataModule):
             images, labels = batch
             return random_affine(images), labels
         return batch
+
+
+def per_class(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """Indices of ``count`` examples of each class (all of a class that has fewer), drawn with
+    ``seed``, in their original order."""
+    rng = np.random.default_rng(seed)
+    chosen = [
+        rng.permutation(np.flatnonzero(labels == label))[:count] for label in np.unique(labels)
+    ]
+    return np.sort(np.concatenate(chosen))
 
 
 class RankShard(Sampler[int]):

@@ -102,6 +102,11 @@ class AutoencoderModule(pl.LightningModule):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return self.net.encoder(images)
 
+    def backbone_blocks(self) -> list[nn.Module]:
+        """The encoder: two strided convolution blocks, then the linear layer to the code."""
+        features = self.net.encoder.features
+        return [features[:3], features[3:6], nn.Sequential(features[6], self.net.encoder.code)]
+
     def _step(self, batch, stage: str) -> torch.Tensor:
         images, _ = batch
         corrupted = images

@@ -71,3 +71,12 @@ class CNNModule(SupervisedModule):
         self.save_hyperparameters()
         outputs = self.output_size(num_classes, task)
         self.net = ConvNet(tuple(input_shape), outputs, width, depth, hidden, dropout)
+
+    def backbone_blocks(self) -> list[nn.Module]:
+        """The convolutional blocks (conv, batch norm, ReLU, pool), each one a block."""
+        layers, blocks = list(self.net.features), []
+        for layer in layers:
+            if isinstance(layer, nn.Conv2d):
+                blocks.append([])
+            blocks[-1].append(layer)
+        return [nn.Sequential(*block) for block in blocks]

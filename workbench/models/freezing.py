@@ -11,13 +11,13 @@ needs no new optimiser.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-FREEZE_RULE = re.compile(r"all|none|first_([1-9][0-9]*)")
+from workbench.spec.types import FREEZE_RULE
+
 FREEZE_TEXT = "all, none or first_N (N >= 1 blocks from the input up)"
 
 

@@ -152,9 +152,13 @@ class SupervisedModule(pl.LightningModule):
         return adamw_with_cosine(self, self.hparams.lr, self.hparams.weight_decay)
 
 
-def adamw_with_cosine(module: pl.LightningModule, lr: float, weight_decay: float) -> dict:
-    """AdamW with decoupled weight decay and a cosine decay over the run's epochs."""
-    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
+def adamw_with_cosine(
+    module: pl.LightningModule, lr: float, weight_decay: float, groups: list[dict] | None = None
+) -> dict:
+    """AdamW with decoupled weight decay and a cosine decay over the run's epochs; ``groups``
+    (parameter groups with their own ``lr``) in place of all parameters at ``lr``."""
+    params = module.parameters() if groups is None else groups
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     epochs = max(1, int(module.trainer.max_epochs or 1)) if module._trainer is not None else 1
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

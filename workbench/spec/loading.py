@@ -17,6 +17,7 @@ import yaml
 
 from workbench.spec.types import (
     STUDY_REFERENCE,
+    BackboneSpec,
     ExperimentSpec,
     SpecError,
     _require,
@@ -176,6 +177,7 @@ def _check_against_registry(spec: ExperimentSpec) -> None:
     for key, value in spec.model.params.items():
         if key.endswith("checkpoint") and not str(value).startswith(STUDY_REFERENCE):
             _require(Path(str(value)).is_file(), f"model.params.{key}", f"file not found: {value}")
+    _check_backbone(spec)
     if spec.explain.enabled:
         _require(
             registry.explainable(spec.model.name, spec.data.name),
@@ -198,4 +200,45 @@ def _check_against_registry(spec: ExperimentSpec) -> None:
                 key in valid,
                 f"search_space.{key}",
                 f"not an argument of {spec.model.name!r}; valid: {', '.join(sorted(valid))}",
+            )
+
+
+def _check_backbone(spec: ExperimentSpec) -> None:
+    """A backbone source only for a model built on one, and the fine-tuning fields (set or
+    searched) only for a model that takes them."""
+    from workbench import registry
+
+    backbone, name = spec.backbone, spec.model.name
+    accepted = registry.constructor_arguments(name)
+    if backbone.source is not None:
+        _require(
+            "base" in accepted,
+            "backbone.source",
+            f"model {name!r} is trained from scratch; a classifier on a pretrained backbone is "
+            "model.name: transfer",
+        )
+        if backbone.source.endswith(".ckpt"):
+            _require(
+                Path(backbone.source).is_file(),
+                "backbone.source",
+                f"file not found: {backbone.source}",
+            )
+            registry.model_class(backbone.model)  # raises naming the valid ones
+    else:
+        _require(
+            "base" not in accepted,
+            "backbone.source",
+            f"model {name!r} starts from a pretrained backbone: name one (study:NAME, "
+            "models:/NAME@ALIAS, a run id or a .ckpt file)",
+        )
+    defaults = BackboneSpec()
+    searched = {k.partition(".")[2] for k in spec.search_space if k.startswith("backbone.")}
+    for field_name in registry.BACKBONE_ARGS:
+        if getattr(backbone, field_name) != getattr(defaults, field_name) or field_name in (
+            searched
+        ):
+            _require(
+                field_name in accepted,
+                f"backbone.{field_name}",
+                f"model {name!r} has no pretrained backbone to fine-tune",
             )

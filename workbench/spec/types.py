@@ -16,6 +16,8 @@ from typing import Any
 # storage (resolved by ``workbench.study.run_study``), e.g. a distillation teacher or GAN judge.
 STUDY_REFERENCE = "study:"
 LOG_MODELS = ("best", "all")  # tracking.log_models
+FREEZE_RULE = re.compile(r"all|none|first_[1-9][0-9]*")  # backbone.freeze
+RUN_ID_RULE = re.compile(r"[0-9a-f]{8,64}")  # MLflow run ids are 32 hex digits
 # Study, experiment and registered-model names become MLflow filter values, Optuna keys and
 # directory names: one rule for all of them, checked before any store is opened.
 NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -58,10 +60,15 @@ class DataSpec:
     """Keep the in-memory splits on the model's device and batch them there (no DataLoader)."""
     normalize: bool = True
     """Standardise inputs with statistics of the training split; off keeps [0, 1] pixels."""
+    labels_per_class: int | None = None
+    """Keep this many labelled training examples per class (seeded, after splitting; the
+    validation and test splits stay whole): few-label experiments."""
     options: dict[str, Any] = field(default_factory=dict)
     """Arguments of the data family itself, e.g. ``{length: 100}`` for ``adding``."""
 
     def check(self) -> None:
+        if self.labels_per_class is not None:
+            _require(self.labels_per_class >= 1, "data.labels_per_class", "must be >= 1 (or null)")
         _require(0 < self.val_fraction < 0.5, "data.val_fraction", "must be in (0, 0.5)")
         _require(0 < self.test_fraction < 0.5, "data.test_fraction", "must be in (0, 0.5)")
         _require(self.batch_size >= 1, "data.batch_size", "must be >= 1")
@@ -75,6 +82,58 @@ class ModelSpec:
     """Registered architecture (``workbench.available_models()``)."""
     params: dict[str, Any] = field(default_factory=dict)
     """Fixed constructor arguments; the search space overrides them per trial."""
+
+
+@dataclass
+class BackboneSpec:
+    """A pretrained backbone to start from (``model.name: transfer``), and how to fine-tune it.
+    ``freeze``, ``lr_factor`` and ``unfreeze_every`` can be searched (``backbone.freeze`` in
+    ``search_space``) and also reach models that ship their own pretrained weights."""
+
+    source: str | None = None
+    """``study:NAME`` (its champion), ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, an MLflow
+    run id, or a ``.ckpt`` file (with ``model``); null trains from scratch."""
+    model: str | None = None
+    """The registered architecture a ``.ckpt`` source holds."""
+    pretrained: bool = True
+    """False: the backbone's architecture with random weights (the from-scratch baseline)."""
+    freeze: str = "none"
+    """``all``, ``none`` or ``first_N``: backbone blocks frozen, from the input up."""
+    lr_factor: float = 1.0
+    """The backbone's learning rate as a factor of the head's (``lr``)."""
+    unfreeze_every: int = 0
+    """Gradual unfreezing: one more frozen block (top down) trains every N epochs; 0: never."""
+
+    def check(self) -> None:
+        _require(
+            isinstance(self.freeze, str) and FREEZE_RULE.fullmatch(self.freeze) is not None,
+            "backbone.freeze",
+            f"must be all, none or first_N (N >= 1); got {self.freeze!r}",
+        )
+        _require(self.lr_factor > 0, "backbone.lr_factor", f"must be > 0; got {self.lr_factor}")
+        _require(
+            self.unfreeze_every >= 0,
+            "backbone.unfreeze_every",
+            f"must be >= 0 (0: never); got {self.unfreeze_every}",
+        )
+        if self.source is None:
+            return
+        source = self.source
+        if source.startswith(STUDY_REFERENCE):
+            check_name(source[len(STUDY_REFERENCE) :], "backbone.source")
+        elif source.endswith(".ckpt"):
+            _require(
+                self.model is not None,
+                "backbone.model",
+                f"a checkpoint source ({source}) needs the architecture it holds",
+            )
+        else:
+            _require(
+                source.startswith(("models:/", "runs:/")) or RUN_ID_RULE.fullmatch(source),
+                "backbone.source",
+                "expected study:NAME, models:/NAME@ALIAS, models:/NAME/VERSION, an MLflow run "
+                f"id or a .ckpt file; got {source!r}",
+            )
 
 
 @dataclass
@@ -270,6 +329,7 @@ class ExperimentSpec:
     seed: int = 42
     data: DataSpec = field(default_factory=DataSpec)
     model: ModelSpec = field(default_factory=ModelSpec)
+    backbone: BackboneSpec = field(default_factory=BackboneSpec)
     trainer: TrainerSpec = field(default_factory=TrainerSpec)
     study: StudySpec = field(default_factory=StudySpec)
     tracking: TrackingSpec = field(default_factory=TrackingSpec)
@@ -286,7 +346,8 @@ class ExperimentSpec:
         for key, value in self.model.params.items():
             if key.endswith("checkpoint") and str(value).startswith(STUDY_REFERENCE):
                 check_name(str(value)[len(STUDY_REFERENCE) :], f"model.params.{key}")
-        for part in (self.data, self.trainer, self.study, self.tracking, self.explain):
+        parts = (self.data, self.backbone, self.trainer, self.study, self.tracking, self.explain)
+        for part in parts:
             part.check()
         for key, param in self.search_space.items():
             param.check(f"search_space.{key}")

@@ -102,6 +102,8 @@ def data_from_spec(spec: ExperimentSpec) -> pl.LightningDataModule:
     if options["path"] is None:
         options.pop("path")
     extra = options.pop("options")
+    if options["labels_per_class"] is None:  # only families that subsample labels take it
+        options.pop("labels_per_class")
     try:
         return registry.create_data(name, seed=spec.seed, **extra, **options)
     except TypeError as exc:  # an option the data family does not take
@@ -109,12 +111,51 @@ def data_from_spec(spec: ExperimentSpec) -> pl.LightningDataModule:
 
 
 def module_from_spec(
-    spec: ExperimentSpec, data: pl.LightningDataModule, **hparams: Any
+    spec: ExperimentSpec, data: pl.LightningDataModule, backbone=None, **hparams: Any
 ) -> pl.LightningModule:
-    """The spec's model, sized by the data, with the spec's fixed params and a trial's params."""
+    """The spec's model, sized by the data, with the spec's fixed params and a trial's params.
+
+    With ``backbone.source`` the model is built on that model's backbone (``backbone``, the
+    ``TrainedModel`` it names, is resolved here unless given) and starts from its weights
+    unless ``backbone.pretrained`` is false. The ``backbone:`` fine-tuning fields reach every
+    model whose constructor takes them.
+    """
     accepted = registry.constructor_arguments(spec.model.name)
     sized = {k: v for k, v in data.model_kwargs().items() if k in accepted}
-    return registry.create_model(spec.model.name, **sized, **{**spec.model.params, **hparams})
+    sized |= {k: getattr(spec.backbone, k) for k in registry.BACKBONE_ARGS if k in accepted}
+    if spec.backbone.source is not None:
+        backbone = backbone or backbone_of(spec)
+        sized |= {"base": backbone.spec.model.name, "base_params": dict(backbone.module.hparams)}
+    model = registry.create_model(spec.model.name, **sized, **{**spec.model.params, **hparams})
+    if spec.backbone.source is not None and spec.backbone.pretrained:
+        model.start_from(backbone.module)
+    return model
+
+
+def backbone_of(spec: ExperimentSpec):
+    """The trained model ``backbone.source`` names (a ``workbench.TrainedModel``); an error
+    naming the field when it cannot be found or does not fit the spec's data."""
+    from workbench.trained_model import trained
+
+    source = spec.backbone.source
+    try:
+        base = trained(
+            source,
+            root=spec.tracking.root,
+            experiment=spec.tracking.experiment,
+            model=spec.backbone.model,
+        )
+        base.module  # noqa: B018 -- load it now, so a bad checkpoint is named here
+    except (LookupError, FileNotFoundError, ValueError) as exc:
+        raise SpecError(f"backbone.source: {source}: {exc}") from exc
+    if source.endswith(".ckpt"):
+        return base
+    if base.spec.data.normalize != spec.data.normalize:
+        raise SpecError(
+            f"data.normalize: the backbone {source} was trained with data.normalize="
+            f"{str(base.spec.data.normalize).lower()}; set the same here"
+        )
+    return base
 
 
 def build_trainer(

@@ -109,8 +109,37 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("inputs", help="a .npy array or a JSON list, shaped like the model input")
     predict.add_argument("--url", default="http://127.0.0.1:5001")
 
+    efficiency = commands.add_parser(
+        "label-efficiency",
+        help="a transfer spec from scratch, frozen and fine-tuned, over label counts and seeds",
+    )
+    efficiency.add_argument("spec", help="a model.name: transfer spec with a backbone.source")
+    efficiency.add_argument(
+        "--labels",
+        default="10,30,100,all",
+        help="labelled examples per class, comma-separated; 'all' = every label "
+        "(default: 10,30,100,all)",
+    )
+    efficiency.add_argument("--seeds", type=_at_least(1), default=5, help="seeds (default: 5)")
+    efficiency.add_argument(
+        "--arms", default="scratch,frozen,finetuned", help="which of scratch, frozen, finetuned"
+    )
+    efficiency.add_argument("--out", help="also save the figure here (a .png path)")
+    efficiency.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE"
+    )
+
+    lineage = commands.add_parser(
+        "lineage", help="the chain of runs and models a fine-tuned model came from"
+    )
+    lineage.add_argument("source", help="a run id or a models:/ URI")
+    lineage.add_argument("--root", default="mlruns", help="the workbench store (default: mlruns)")
+    lineage.add_argument("--experiment", default="workbench")
+
     args = parser.parse_args(argv)
     handlers = {
+        "label-efficiency": _label_efficiency,
+        "lineage": _lineage,
         "study": _study,
         "ui": _ui,
         "explain": _explain,
@@ -193,6 +222,51 @@ def _explain(args) -> int:
     print(f"explained {args.n} test inputs ({report.kind}); logged to run {args.run_id}/explain")
     for name, value in report.trust.items():
         print(f"  {name:28s} {value:8.4f}")
+    return 0
+
+
+def _label_counts(text: str) -> tuple[int | None, ...]:
+    counts: list[int | None] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if part == "all":
+            counts.append(None)
+        elif part.isdigit() and int(part) >= 1:
+            counts.append(int(part))
+        else:
+            raise ValueError(f"--labels: {part!r} is neither a whole number >= 1 nor 'all'")
+    if not counts:
+        raise ValueError("--labels: give at least one count, e.g. 10,30,all")
+    return tuple(counts)
+
+
+def _label_efficiency(args: argparse.Namespace) -> int:
+    from workbench.spec import load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    labels = _label_counts(args.labels)
+    arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
+    from workbench.label_efficiency import label_efficiency
+
+    result = label_efficiency(spec, labels=labels, seeds=args.seeds, arms=arms)
+    print(result.table())
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        result.figure.savefig(args.out, dpi=120)
+        print(f"figure: {args.out}")
+    print(f"MLflow run {result.run_id}: label_efficiency.png and label_efficiency.csv")
+    return 0
+
+
+def _lineage(args: argparse.Namespace) -> int:
+    from workbench import tracking
+    from workbench.tracking.lineage import describe, lineage
+
+    root = Path(args.root)
+    if not (root / "mlflow.db").is_file():
+        raise FileNotFoundError(f"{root.resolve()}: no mlflow.db; run a study first")
+    store = tracking.open_store(root, args.experiment)
+    run_id = tracking.resolve_run_id(store, args.source)
+    print(describe(lineage(store, run_id), store))
     return 0
 
 

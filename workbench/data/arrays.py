@@ -46,9 +46,11 @@ class ArrayDataModule(pl.LightningDataModule):
         normalize: bool = True,
         seed: int = 42,
         labels_per_class: int | None = None,
+        split_seed: int | None = None,
     ) -> None:
         super().__init__()
         self.labels_per_class = labels_per_class
+        self.split_seed = seed if split_seed is None else split_seed
         self.load = load
         self.normalize = normalize
         self.batch_size = batch_size
@@ -67,7 +69,7 @@ class ArrayDataModule(pl.LightningDataModule):
         (x, y), fixed_test = self.load()
         if self.max_samples is not None and self.max_samples < len(x):
             x, _, y, _ = train_test_split(
-                x, y, train_size=self.max_samples, stratify=y, random_state=self.seed
+                x, y, train_size=self.max_samples, stratify=y, random_state=self.split_seed
             )
         # Split sizes as whole counts of the pool, so 10 % of 5,000 is exactly 500.
         total = len(x)
@@ -77,12 +79,16 @@ class ArrayDataModule(pl.LightningDataModule):
                 y,
                 test_size=round(self.test_fraction * total),
                 stratify=y,
-                random_state=self.seed,
+                random_state=self.split_seed,
             )
         else:
             x_test, y_test = fixed_test
         x_train, x_val, y_train, y_val = train_test_split(
-            x, y, test_size=round(self.val_fraction * total), stratify=y, random_state=self.seed
+            x,
+            y,
+            test_size=round(self.val_fraction * total),
+            stratify=y,
+            random_state=self.split_seed,
         )
         if self.labels_per_class is not None:
             keep = per_class(y_train, self.labels_per_class, self.seed)

@@ -88,9 +88,23 @@ def mnist_subset(**options) -> ArrayDataModule:
 
 
 @register_data("digits")
-def digits(**options) -> ArrayDataModule:
-    """scikit-learn's 8×8 handwritten digits."""
-    return ArrayDataModule(load_digits, **options)
+def digits(size: int | None = None, **options) -> ArrayDataModule:
+    """scikit-learn's 8×8 handwritten digits; ``data.options.size: 28`` resizes them (bilinear)
+    to 28×28, the MNIST models' input (a cross-dataset transfer)."""
+    if size is None:
+        return ArrayDataModule(load_digits, **options)
+    if not isinstance(size, int) or size < 2:
+        raise ValueError(f"data.options.size: must be a whole number >= 2; got {size!r}")
+
+    def resized() -> LoadResult:
+        import torch
+        import torch.nn.functional as F
+
+        (images, labels), _ = load_digits()
+        grown = F.interpolate(torch.from_numpy(images)[:, None], size=(size, size), mode="bilinear")
+        return (grown[:, 0].clamp(0, 1).numpy(), labels), None
+
+    return ArrayDataModule(resized, **options)
 
 
 @register_data("idx")

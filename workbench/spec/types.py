@@ -60,6 +60,9 @@ class DataSpec:
     """Keep the in-memory splits on the model's device and batch them there (no DataLoader)."""
     normalize: bool = True
     """Standardise inputs with statistics of the training split; off keeps [0, 1] pixels."""
+    split_seed: int | None = None
+    """Seed of the subsample and the train/val/test split; null: the spec's ``seed``. Fixing it
+    while the seed varies keeps one split (the same test images) across seeds."""
     labels_per_class: int | None = None
     """Keep this many labelled training examples per class (seeded, after splitting; the
     validation and test splits stay whole): few-label experiments."""

@@ -50,6 +50,10 @@ def run_study(
 
     data = data_from_spec(spec)
     data.setup()  # a missing or broken data file fails here, before any run is opened
+    if spec.backbone.source is not None:
+        from workbench.train import backbone_of
+
+        backbone_of(spec)  # a missing base model or another split of the data fails here
     storage = pool.open_study_storage(spec)  # an unreachable or corrupt database fails here
     recovery.check_mlflow_side_exists(spec, storage)
     store = tracking.open_store(

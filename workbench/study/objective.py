@@ -34,6 +34,7 @@ class Objective:
     ) -> None:
         self.spec, self.data, self.store, self.parent = spec, data, store, parent
         self.claim = claim
+        self._backbones: dict[str, Any] = {}  # backbone.source → its TrainedModel, resolved once
 
     def __call__(self, trial: optuna.Trial) -> float:
         if self.claim is not None:
@@ -66,7 +67,8 @@ class Objective:
                     "(study.allow_repeats: true runs repeats)"
                 )
             pl.seed_everything(spec.seed, verbose=False)
-            model = module_from_spec(spec, data, **model_params)
+            backbone = self._backbone(spec, run_id)
+            model = module_from_spec(spec, data, backbone=backbone, **model_params)
             tracking.log_params(store, run_id, _logged_params(model, params, spec, data))
             # The run id makes the folder unique: a checkpoint is never overwritten, whatever
             # happened to the stores before.
@@ -99,6 +101,23 @@ class Objective:
             trial.set_user_attr("objectives", extra)
             return (result.best_score, *extra.values())
         return result.best_score  # Optuna's gc_after_trial frees the model afterwards
+
+    def _backbone(self, spec: ExperimentSpec, run_id: str):
+        """The trial's backbone (``backbone.source``), recorded on its run for lineage."""
+        from workbench.train import backbone_of
+
+        source = spec.backbone.source
+        if source is None:
+            return None
+        if source not in self._backbones:
+            self._backbones[source] = backbone_of(spec)
+        base = self._backbones[source]
+        from workbench.tracking.lineage import log_base_model
+
+        log_base_model(
+            self.store, run_id, source, base.run_id, base.model_uri, spec.backbone.pretrained
+        )
+        return base
 
 
 def _logged_params(model, params: dict[str, Any], spec: ExperimentSpec, data) -> dict[str, Any]:

@@ -133,6 +133,10 @@ def log_json(store: Store, run_id: str, data: Any, artifact_file: str) -> None:
     store.client.log_text(run_id, json.dumps(data, indent=2, default=str), artifact_file)
 
 
+def log_text(store: Store, run_id: str, text: str, artifact_file: str) -> None:
+    store.client.log_text(run_id, text, artifact_file)
+
+
 def log_file(store: Store, run_id: str, path: str | Path, artifact_dir: str | None = None) -> None:
     store.client.log_artifact(run_id, str(path), artifact_dir)
 

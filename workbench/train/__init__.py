@@ -102,8 +102,9 @@ def data_from_spec(spec: ExperimentSpec) -> pl.LightningDataModule:
     if options["path"] is None:
         options.pop("path")
     extra = options.pop("options")
-    if options["labels_per_class"] is None:  # only families that subsample labels take it
-        options.pop("labels_per_class")
+    for name in ("labels_per_class", "split_seed"):  # only families that take them, when set
+        if options[name] is None:
+            options.pop(name)
     try:
         return registry.create_data(name, seed=spec.seed, **extra, **options)
     except TypeError as exc:  # an option the data family does not take
@@ -150,12 +151,31 @@ def backbone_of(spec: ExperimentSpec):
         raise SpecError(f"backbone.source: {source}: {exc}") from exc
     if source.endswith(".ckpt"):
         return base
+    _check_split(base.spec, spec)
     if base.spec.data.normalize != spec.data.normalize:
         raise SpecError(
             f"data.normalize: the backbone {source} was trained with data.normalize="
             f"{str(base.spec.data.normalize).lower()}; set the same here"
         )
     return base
+
+
+def _check_split(base: ExperimentSpec, spec: ExperimentSpec) -> None:
+    """A backbone pretrained on the same data must have seen the same training split, or the
+    test images here may be among the images it was trained on."""
+
+    def split(s: ExperimentSpec) -> tuple:
+        d = s.data
+        seed = s.seed if d.split_seed is None else d.split_seed
+        return (seed, d.val_fraction, d.test_fraction, d.max_samples, d.path, d.options)
+
+    if base.data.name == spec.data.name and split(base) != split(spec):
+        raise SpecError(
+            f"data.split_seed: the backbone {spec.backbone.source} was pretrained on another "
+            f"split of {spec.data.name!r} (split seed, fractions, max_samples: "
+            f"{split(base)[:4]} here {split(spec)[:4]}); its training images could be in this "
+            "test split. Use the same split (data.split_seed fixes it while seed varies)."
+        )
 
 
 def build_trainer(

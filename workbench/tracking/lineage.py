@@ -1,0 +1,114 @@
+"""Where a fine-tuned model came from: each run that started from a backbone records it (tags,
+and the base model as an MLflow 3 model input), and ``lineage`` walks those records back to the
+first pretraining run.
+
+Registered versions are found by their run id (``search_model_versions``): on a SQLite store a
+version's ``model_id`` can come back empty, while its ``run_id`` is always set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from workbench.tracking import STUDY, Store, filter_value, set_tags
+
+BASE_SOURCE = "workbench.base.source"  # what the spec named: study:NAME, models:/..., a .ckpt
+BASE_RUN = "workbench.base.run"  # the run that trained the backbone's weights
+BASE_MODEL = "workbench.base.model"  # its logged model, models:/m-...
+BASE_VERSION = "workbench.base.version"  # its registered version, NAME/VERSION
+BASE_PRETRAINED = "workbench.base.pretrained"  # false: the architecture only, random weights
+
+
+@dataclass
+class Step:
+    """One run of a lineage, with the registered versions of its model."""
+
+    run_id: str
+    run_name: str
+    study: str | None
+    model_name: str | None
+    versions: list[str] = field(default_factory=list)
+    """``models:/NAME/VERSION`` (with ``@alias`` where one points at it)."""
+    base_source: str | None = None
+    base_model: str | None = None
+    base_version: str | None = None
+
+
+def log_base_model(
+    store: Store,
+    run_id: str,
+    source: str,
+    base_run: str | None,
+    base_model_uri: str | None,
+    pretrained: bool,
+) -> None:
+    """Record on ``run_id`` the backbone it started from; with pretrained weights, the base
+    model also becomes an input of the run (``MlflowClient.log_inputs(models=...)``)."""
+    from mlflow.entities import LoggedModelInput
+
+    tags = {BASE_SOURCE: source, BASE_PRETRAINED: str(pretrained).lower()}
+    if pretrained and base_run is not None:
+        tags[BASE_RUN] = base_run
+        version = registered_versions(store, base_run)
+        if version:
+            tags[BASE_VERSION] = version[0].removeprefix("models:/")
+    if pretrained and base_model_uri and base_model_uri.startswith("models:/m-"):
+        tags[BASE_MODEL] = base_model_uri
+        model_id = base_model_uri.removeprefix("models:/")
+        store.client.log_inputs(run_id, models=[LoggedModelInput(model_id)])
+    set_tags(store, run_id, tags)
+
+
+def registered_versions(store: Store, run_id: str) -> list[str]:
+    """``models:/NAME/VERSION[@alias,...]`` of every registered version made from ``run_id``."""
+    versions = store.client.search_model_versions(f"run_id = {filter_value(run_id)}")
+    out = []
+    for v in sorted(versions, key=lambda v: (v.name, int(v.version))):
+        aliases = f"@{','.join(v.aliases)}" if v.aliases else ""
+        out.append(f"models:/{v.name}/{v.version}{aliases}")
+    return out
+
+
+def lineage(store: Store, run_id: str) -> list[Step]:
+    """The runs behind ``run_id``'s model, first pretraining run first, ``run_id`` last."""
+    chain: list[Step] = []
+    seen: set[str] = set()
+    current: str | None = run_id
+    while current is not None and current not in seen:
+        seen.add(current)
+        run = store.client.get_run(current)
+        tags = run.data.tags
+        chain.append(
+            Step(
+                run_id=current,
+                run_name=run.info.run_name,
+                study=tags.get(STUDY),
+                model_name=tags.get("model.name"),
+                versions=[v.split("@")[0] for v in registered_versions(store, current)],
+                base_source=tags.get(BASE_SOURCE),
+                base_model=tags.get(BASE_MODEL),
+                base_version=tags.get(BASE_VERSION),
+            )
+        )
+        current = tags.get(BASE_RUN) if tags.get(BASE_PRETRAINED) == "true" else None
+    return chain[::-1]
+
+
+def describe(chain: list[Step], store: Store) -> str:
+    """The chain as text: pretraining run → base model version → fine-tuning run → … →
+    registered model."""
+    lines = []
+    for index, step in enumerate(chain):
+        role = "pretraining run" if index == 0 and len(chain) > 1 else "run"
+        if index > 0:
+            role = "fine-tuning run"
+            base = step.base_version and f"models:/{step.base_version}"
+            lines.append(f"  → base model {base or step.base_source} ({step.base_model or '-'})")
+        lines.append(
+            f"{'  → ' if index else ''}{role} {step.run_id} ({step.run_name}; study "
+            f"{step.study or '-'}; model {step.model_name or '-'})"
+        )
+    last = chain[-1]
+    for version in registered_versions(store, last.run_id):
+        lines.append(f"  → registered model {version}")
+    return "\n".join(lines)

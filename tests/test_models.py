@@ -41,6 +41,8 @@ def _from_spec(name: str, checkpoint: str, **hparams):
     path = SPEC_OF[name]
     raw = yaml.safe_load(path.read_text())["model"].get("params") or {}
     refs = {f"model.params.{k}": checkpoint for k in raw if k.endswith("checkpoint")}
+    if (yaml.safe_load(path.read_text()).get("backbone") or {}).get("source"):
+        refs |= {"backbone.source": checkpoint, "backbone.model": "cnn"}  # a 28×28 cnn
     family = yaml.safe_load(path.read_text())["data"]["name"]
     sizes = {"data.max_samples": 200, **SMALL_DATA.get(family, {})}
     spec = load_spec(path, tiny(Path("unused"), **refs, **sizes))
@@ -106,6 +108,8 @@ def test_output_shape(name: str, teacher_checkpoint: str):
     kwargs = data.model_kwargs()  # what the data says the model must answer
     if kwargs.get("task") == "regression":
         assert outputs.shape[1:] == (1,)
+    elif name == "simclr":  # a representation, what a transfer model starts from
+        assert outputs.shape[1:] == (model.hparams.code,)
     elif name not in ("autoencoder", "gan"):  # a logit per class, a Q-value per action
         assert outputs.shape[1:] == (kwargs["num_classes"],)
     if name in ("autoencoder", "gan"):  # images in [0, 1], of the data's shape
@@ -317,16 +321,31 @@ def test_gan_exports_a_moving_average_of_the_generator(checkpoint_8x8: str):
         assert not average.requires_grad  # only the live generator is optimised
 
 
-def test_autoencoder_encoder_is_reusable_as_a_backbone(checkpoint_8x8: str, tmp_path: Path):
-    from workbench.models.autoencoder import load_encoder
-
-    model = _build("autoencoder", checkpoint_8x8).eval()
-    path = save_checkpoint(model, tmp_path / "ae.ckpt")
-    encoder = load_encoder(path).eval()
-    images = _inputs("autoencoder", 4)
+@pytest.mark.parametrize("base", ["autoencoder", "simclr", "cnn"])
+def test_a_backbone_starts_a_transfer_model_with_its_weights(base: str):
+    """The backbone blocks of a pretrained model compute, inside a transfer model, exactly what
+    they computed in the model they came from (autoencoder and SimCLR: the encoder's code)."""
+    pl.seed_everything(0, verbose=False)
+    shapes = {"autoencoder": {"code": 4, "width": 8}, "simclr": {"code": 4, "width": 8},
+              "cnn": {"width": 8}}  # fmt: skip
+    pretrained = create_model(base, input_shape=(1, 8, 8), **shapes[base]).eval()
+    model = create_model(
+        "transfer", input_shape=(1, 8, 8), num_classes=3, base=base,
+        base_params=dict(pretrained.hparams),
+    )  # fmt: skip
+    model.start_from(pretrained)
+    model.eval()
+    images = torch.rand(4, 1, 8, 8)
     with torch.no_grad():
-        assert torch.equal(encoder(images), model.encode(images))
-        assert encoder(images).shape == (4, SHAPES["autoencoder"][0]["code"])
+        features = images
+        for block in model.net.blocks:
+            features = block(features)
+        if base == "cnn":
+            expected = pretrained.net.features(images)
+        else:
+            expected = pretrained.net.encoder(images)
+        assert torch.equal(features, expected)
+        assert model(images).shape == (4, 3)
 
 
 def test_gan_discriminator_with_spectral_norm_has_unit_spectral_norm(checkpoint_8x8: str):

@@ -90,10 +90,12 @@ class ArrayDataModule(pl.LightningDataModule):
             stratify=y,
             random_state=self.split_seed,
         )
+        # Statistics of every training image, labelled or not: a few-label run sees its inputs
+        # as the backbone it starts from saw them.
+        self.mean_, self.std_ = self._statistics(x_train)
         if self.labels_per_class is not None:
             keep = per_class(y_train, self.labels_per_class, self.seed)
             x_train, y_train = x_train[keep], y_train[keep]
-        self.mean_, self.std_ = self._statistics(x_train)
         self.fingerprint_ = _fingerprint(x_train, y_train, x_val, y_val, x_test, y_test)
         self.num_classes_ = int(max(y_train.max(), y_val.max(), y_test.max())) + 1
         self.splits_ = {

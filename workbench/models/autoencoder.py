@@ -2,13 +2,11 @@
 
 Two stride-2 convolutions and a linear layer encode an image to a ``code``-dim vector; the
 decoder mirrors them and ends in a sigmoid. ``noise`` > 0 corrupts training inputs with Gaussian
-noise while the target stays the clean image. ``ConvEncoder`` is reusable as a pretrained
-backbone (``load_encoder``).
+noise while the target stays the clean image. The encoder is a pretrained backbone for
+``model.name: transfer`` (``backbone_blocks``).
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -166,10 +164,3 @@ class AutoencoderModule(pl.LightningModule):
             self.net.train(was_training)
         rows = torch.stack([self.last_batch, rebuilt]).cpu()[:, :, 0]
         return {"reconstructions": image_grid(rows, "inputs (top) and reconstructions (bottom)")}
-
-
-def load_encoder(checkpoint: str | Path) -> ConvEncoder:
-    """The encoder of a trained ``autoencoder`` checkpoint, as a backbone for other models."""
-    from workbench.registry import load_module
-
-    return load_module(checkpoint, "autoencoder").net.encoder

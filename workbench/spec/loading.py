@@ -231,6 +231,8 @@ def _check_backbone(spec: ExperimentSpec) -> None:
             f"model {name!r} starts from a pretrained backbone: name one (study:NAME, "
             "models:/NAME@ALIAS, a run id or a .ckpt file)",
         )
+    if "base" in accepted:  # a transfer model: module_from_spec copies the weights or not
+        accepted = accepted | {"pretrained"}
     defaults = BackboneSpec()
     searched = {k.partition(".")[2] for k in spec.search_space if k.startswith("backbone.")}
     for field_name in registry.BACKBONE_ARGS:

@@ -51,7 +51,7 @@ def log_base_model(
         tags[BASE_RUN] = base_run
         version = registered_versions(store, base_run)
         if version:
-            tags[BASE_VERSION] = version[0].removeprefix("models:/")
+            tags[BASE_VERSION] = version[0].removeprefix("models:/").split("@")[0]
     if pretrained and base_model_uri and base_model_uri.startswith("models:/m-"):
         tags[BASE_MODEL] = base_model_uri
         model_id = base_model_uri.removeprefix("models:/")
@@ -61,9 +61,10 @@ def log_base_model(
 
 def registered_versions(store: Store, run_id: str) -> list[str]:
     """``models:/NAME/VERSION[@alias,...]`` of every registered version made from ``run_id``."""
-    versions = store.client.search_model_versions(f"run_id = {filter_value(run_id)}")
+    found = store.client.search_model_versions(f"run_id = {filter_value(run_id)}")
     out = []
-    for v in sorted(versions, key=lambda v: (v.name, int(v.version))):
+    for v in sorted(found, key=lambda v: (v.name, int(v.version))):
+        v = store.client.get_model_version(v.name, v.version)  # a search leaves aliases out
         aliases = f"@{','.join(v.aliases)}" if v.aliases else ""
         out.append(f"models:/{v.name}/{v.version}{aliases}")
     return out

@@ -102,9 +102,9 @@ def data_from_spec(spec: ExperimentSpec) -> pl.LightningDataModule:
     if options["path"] is None:
         options.pop("path")
     extra = options.pop("options")
-    for name in ("labels_per_class", "split_seed"):  # only families that take them, when set
-        if options[name] is None:
-            options.pop(name)
+    for unset in ("labels_per_class", "split_seed"):  # only families that take them, when set
+        if options[unset] is None:
+            options.pop(unset)
     try:
         return registry.create_data(name, seed=spec.seed, **extra, **options)
     except TypeError as exc:  # an option the data family does not take

@@ -186,3 +186,32 @@ def test_compress_and_deploy_runs_in_smoke_mode(tmp_path: Path):
     )
     assert images, "the compression report is drawn inline"
     assert (tmp_path / "exports" / "mnist_cnn.onnx").is_file()
+
+
+@pytest.mark.slow
+def test_transfer_notebook_runs_in_smoke_mode(tmp_path: Path):
+    """Pretraining, the label-efficiency grid (three arms, two label counts), a fine-tuning study
+    and its lineage, on 300 images and one epoch."""
+    root = tmp_path / "mlruns"
+    cells, images = _execute(
+        "05_transfer.ipynb",
+        tmp_path,
+        {
+            "pretrain_spec": str(EXPERIMENTS / "mnist_simclr.yaml"),
+            "transfer_spec": str(EXPERIMENTS / "mnist_transfer.yaml"),
+            "root": str(root),
+            "labels": [3, None],
+            "seeds": 1,
+            "fine_tuning_trials": 1,
+            "overrides": [*tiny(root)[1:], "study.trials=1", "explain.enabled=false"],
+        },
+    )
+    text = _text(cells)
+    assert len(images) >= 1  # the label-efficiency figure
+    for arm in ("scratch", "frozen", "finetuned"):
+        assert arm in text
+    lines = text.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("pretraining run"))
+    assert "base model models:/mnist_simclr/1" in lines[first + 1]
+    assert "fine-tuning run" in lines[first + 2]
+    assert "registered model models:/mnist_transfer/1@champion" in lines[first + 3]

@@ -4,6 +4,7 @@ its lineage through MLflow's own client, and the label-efficiency command."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -302,3 +303,13 @@ def test_save_checkpoint_of_a_transfer_model_needs_no_backbone_source(tmp_path: 
     model.eval()
     assert torch.equal(loaded(images), model(images))
     assert loaded.net.frozen == 1
+
+
+def test_each_trial_run_records_its_training_data_as_a_dataset_input(fine_tuned):
+    root, _, spec, result = fine_tuned
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    run = client.get_run(client.get_model_version_by_alias("fine", "champion").run_id)
+    (dataset,) = [d.dataset for d in run.inputs.dataset_inputs]
+    assert dataset.name == "mnist_subset"
+    assert run.data.tags["data.fingerprint"].startswith(dataset.digest)
+    assert json.loads(dataset.profile) == {"train_rows": 240, "val_rows": 30, "test_rows": 30}

@@ -67,7 +67,7 @@ class Objective:
                     "(study.allow_repeats: true runs repeats)"
                 )
             pl.seed_everything(spec.seed, verbose=False)
-            backbone = self._backbone(spec, run_id)
+            backbone = self._backbone(spec, data, run_id)
             model = module_from_spec(spec, data, backbone=backbone, **model_params)
             tracking.log_params(store, run_id, _logged_params(model, params, spec, data))
             # The run id makes the folder unique: a checkpoint is never overwritten, whatever
@@ -102,18 +102,26 @@ class Objective:
             return (result.best_score, *extra.values())
         return result.best_score  # Optuna's gc_after_trial frees the model afterwards
 
-    def _backbone(self, spec: ExperimentSpec, run_id: str):
-        """The trial's backbone (``backbone.source``), recorded on its run for lineage."""
+    def _backbone(self, spec: ExperimentSpec, data, run_id: str):
+        """The trial's backbone (``backbone.source``), recorded on its run for lineage with the
+        training data as a dataset input."""
+        from workbench.registry import model_class
+        from workbench.tracking.lineage import log_base_model, log_data_input
         from workbench.train import backbone_of
 
+        splits = getattr(data, "splits_", None) or {}  # in-memory families (not environments)
+        sizes = {f"{name}_rows": len(labels) for name, (_, labels) in splits.items()}
+        log_data_input(self.store, run_id, spec.data.name, data.fingerprint_, sizes)
         source = spec.backbone.source
         if source is None:
+            shipped = getattr(model_class(spec.model.name), "base_model", None)
+            if shipped is not None:  # pretrained weights that ship in a package
+                pretrained = spec.backbone.pretrained
+                log_base_model(self.store, run_id, shipped, None, None, pretrained)
             return None
         if source not in self._backbones:
             self._backbones[source] = backbone_of(spec)
         base = self._backbones[source]
-        from workbench.tracking.lineage import log_base_model
-
         log_base_model(
             self.store, run_id, source, base.run_id, base.model_uri, spec.backbone.pretrained
         )

@@ -32,6 +32,7 @@ class Step:
     base_source: str | None = None
     base_model: str | None = None
     base_version: str | None = None
+    base_pretrained: bool = False
 
 
 def log_base_model(
@@ -57,6 +58,21 @@ def log_base_model(
         model_id = base_model_uri.removeprefix("models:/")
         store.client.log_inputs(run_id, models=[LoggedModelInput(model_id)])
     set_tags(store, run_id, tags)
+
+
+def log_data_input(store: Store, run_id: str, name: str, digest: str, sizes: dict) -> None:
+    """The run's training data as an MLflow dataset input: the data family, its fingerprint as
+    the digest, and the split sizes as its profile (the run page's Dataset column)."""
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    dataset = Dataset(
+        name=name, digest=digest[:36], source_type="workbench", source=json.dumps({"data": name}),
+        profile=json.dumps(sizes),
+    )  # fmt: skip
+    context = [InputTag("mlflow.data.context", "training")]
+    store.client.log_inputs(run_id, datasets=[DatasetInput(dataset, context)])
 
 
 def registered_versions(store: Store, run_id: str) -> list[str]:
@@ -89,6 +105,7 @@ def lineage(store: Store, run_id: str) -> list[Step]:
                 base_source=tags.get(BASE_SOURCE),
                 base_model=tags.get(BASE_MODEL),
                 base_version=tags.get(BASE_VERSION),
+                base_pretrained=tags.get(BASE_PRETRAINED) == "true",
             )
         )
         current = tags.get(BASE_RUN) if tags.get(BASE_PRETRAINED) == "true" else None
@@ -99,15 +116,21 @@ def describe(chain: list[Step], store: Store) -> str:
     """The chain as text: pretraining run → base model version → fine-tuning run → … →
     registered model."""
     lines = []
+    first = chain[0]
+    outside = first.base_pretrained and first.base_source is not None  # a package, a .ckpt
+    if outside:
+        lines.append(f"pretrained model {first.base_source} (outside the tracking store)")
     for index, step in enumerate(chain):
-        role = "pretraining run" if index == 0 and len(chain) > 1 else "run"
+        arrow = "  → " if index or outside else ""
         if index > 0:
-            role = "fine-tuning run"
             base = step.base_version and f"models:/{step.base_version}"
             lines.append(f"  → base model {base or step.base_source} ({step.base_model or '-'})")
+        role = "fine-tuning run" if index > 0 or outside else "run"
+        if index == 0 and len(chain) > 1 and not outside:
+            role = "pretraining run"
         lines.append(
-            f"{'  → ' if index else ''}{role} {step.run_id} ({step.run_name}; study "
-            f"{step.study or '-'}; model {step.model_name or '-'})"
+            f"{arrow}{role} {step.run_id} ({step.run_name}; study {step.study or '-'}; "
+            f"model {step.model_name or '-'})"
         )
     last = chain[-1]
     for version in registered_versions(store, last.run_id):

@@ -71,9 +71,65 @@ def test_frozen_blocks_keep_weights_and_batch_norm_statistics():
 
 
 def test_the_backbone_learns_at_a_factor_of_the_heads_rate():
-    groups = _transfer(lr_factor=0.1).configure_optimizers()["optimizer"].param_groups
+    model = _transfer(freeze="first_1", lr_factor=0.1)
+    groups = model.configure_optimizers()["optimizer"].param_groups
     rates = {g["name"]: g["lr"] for g in groups}
     assert rates == {"head": pytest.approx(1e-2), "backbone": pytest.approx(1e-3)}
+    grouped = [id(p) for g in groups for p in g["params"]]  # frozen ones too, for unfreezing
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())
+
+
+def test_lightning_unfreezes_at_epoch_start_and_frozen_statistics_stay():
+    """Two epochs of a real Trainer: blocks frozen throughout keep weights and batch-norm
+    statistics; the block released at epoch 1 trains."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model = _transfer(freeze="all", unfreeze_every=1)
+    before = {k: v.clone() for k, v in model.net.blocks.state_dict().items()}
+    images = torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    loader = DataLoader(TensorDataset(images, torch.arange(32) % 3), batch_size=8)
+    trainer = pl.Trainer(
+        max_epochs=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+    )  # fmt: skip
+    trainer.fit(model, train_dataloaders=loader)
+    after = model.net.blocks.state_dict()
+    assert model.net.frozen == 2  # 3 at epoch 0, 2 at epoch 1
+    for key in before:
+        moved = not torch.equal(before[key], after[key])
+        if key.startswith(("0.", "1.")):
+            assert not moved, key  # weights and running statistics
+        elif key.endswith("weight"):
+            assert moved, key
+
+
+def test_nt_xent_by_hand():
+    from workbench.models.simclr import nt_xent
+
+    z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])  # rows i, i+2: one image
+    loss, accuracy = nt_xent(z, temperature=1.0)
+    # Row 0: similarities (-inf, 0, 1, 0) to rows 0..3; its partner is row 2.
+    assert float(loss) == pytest.approx(-math.log(math.e / (2 + math.e)), rel=1e-6)
+    assert float(accuracy) == 1.0
+
+
+def test_simclr_views_differ_and_keep_the_shape():
+    from workbench.models.simclr import random_views
+
+    images = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    first, second = random_views(images), random_views(images)
+    assert first.shape == images.shape and not torch.equal(first, second)
+    seeded = [random_views(images, torch.Generator().manual_seed(1)) for _ in range(2)]
+    assert torch.equal(*seeded)  # validation views are the same every epoch
+
+
+def test_digits_resized_to_the_mnist_shape():
+    spec = load_spec(EXPERIMENTS / "digits_cnn.yaml", ["data.options={size: 28}"])
+    data = data_from_spec(spec)
+    data.setup()
+    assert data.model_kwargs()["input_shape"] == (1, 28, 28)
+    pixels = data.to_pixels(data.split("train")[0])
+    assert 0.0 <= float(pixels.min()) and float(pixels.max()) <= 1.0 + 1e-5
 
 
 def test_gradual_unfreezing_releases_one_block_per_period_from_the_top():
@@ -99,8 +155,9 @@ def test_labels_per_class_keeps_that_many_and_the_split_stays(tmp_path: Path):
     first, second = splits(1), splits(2)
     labels = first.split("train")[1]
     assert torch.bincount(labels).tolist() == [3] * 10
+    assert torch.bincount(first.split("val")[1]).tolist() == [3] * 10  # validates on as few
     assert torch.equal(first.split("test")[0], second.split("test")[0])  # one split
-    assert len(first.split("val")[1]) == 30
+    assert len(first.split("test")[1]) == 30
     assert not torch.equal(first.split("train")[0], second.split("train")[0])  # other labels
 
 
@@ -198,10 +255,14 @@ def test_a_frozen_backbone_holds_the_pretrained_weights(fine_tuned):
     encoder = read_checkpoint(pre.best_trial.user_attrs["checkpoint"])["state_dict"]
     first_conv = encoder["net.encoder.features.0.weight"]
     study = optuna.load_study(study_name="fine", storage=f"sqlite:///{root}/optuna.db")
-    for trial in study.get_trials(states=[optuna.trial.TrialState.COMPLETE]):
+    statistics = encoder["net.encoder.features.1.running_mean"]
+    trials = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    assert len({t.params["backbone.freeze"] for t in trials}) >= 2  # both outcomes are checked
+    for trial in trials:
         tuned = read_checkpoint(trial.user_attrs["checkpoint"])["state_dict"]
-        same = torch.equal(tuned["net.blocks.0.0.weight"], first_conv)
-        assert same == (trial.params["backbone.freeze"] in {"all", "first_2"})
+        frozen = trial.params["backbone.freeze"] in {"all", "first_2"}
+        assert torch.equal(tuned["net.blocks.0.0.weight"], first_conv) == frozen
+        assert torch.equal(tuned["net.blocks.0.1.running_mean"], statistics) == frozen
 
 
 def test_lineage_runs_from_pretraining_to_the_registered_fine_tuned_model(fine_tuned):
@@ -263,7 +324,12 @@ def test_label_efficiency_trains_each_arm_and_logs_table_and_figure(fine_tuned):
     root, _, spec, _ = fine_tuned
     tiny_spec = load_spec(spec.to_dict(), ["trainer.max_epochs=1", "search_space={}"])
     result = label_efficiency(
-        tiny_spec, labels=(2, None), seeds=2, arms=("scratch", "frozen"), progress=False
+        tiny_spec,
+        labels=(2, None),
+        seeds=2,
+        arms=("scratch", "frozen"),
+        progress=False,
+        min_steps=6,
     )
     assert len(result.rows) == 2 * 2 * 2
     sizes = {(r["labels"], r["seed"]) for r in result.rows}
@@ -285,8 +351,12 @@ def test_label_efficiency_trains_each_arm_and_logs_table_and_figure(fine_tuned):
         assert run.data.metrics["test/acc"] == pytest.approx(row["test_acc"])
         train_size = int(run.data.params["train_size"])
         assert train_size == (20 if row["labels"] == 2 else 240)
+        assert int(run.data.params["val_size"]) == (20 if row["labels"] == 2 else 30)
+        steps = math.ceil(train_size / tiny_spec.data.batch_size)
+        assert int(run.data.params["max_epochs"]) == max(1, math.ceil(6 / steps))  # min_steps
         pretrained = run.data.tags["workbench.base.pretrained"] == "true"
         assert pretrained == (row["arm"] == "frozen")
+    assert len({r["test_fingerprint"] for r in result.rows}) == 1  # one test split for all
 
 
 def test_save_checkpoint_of_a_transfer_model_needs_no_backbone_source(tmp_path: Path):
@@ -311,3 +381,21 @@ def test_each_trial_run_records_its_training_data_as_a_dataset_input(fine_tuned)
     assert dataset.name == "mnist_subset"
     assert run.data.tags["data.fingerprint"].startswith(dataset.digest)
     assert json.loads(dataset.profile) == {"train_rows": 240, "val_rows": 30, "test_rows": 30}
+
+
+def test_the_arms_differ_only_in_weights_and_what_trains():
+    from workbench.label_efficiency import variant
+
+    spec = load_spec(
+        EXPERIMENTS / "mnist_transfer.yaml",
+        ["backbone.unfreeze_every=2", "model.params.head_hidden=16", "backbone.lr_factor=0.3"],
+    )
+    scratch, frozen, tuned = (variant(spec, arm, 10, 7) for arm in ("scratch", "frozen",
+                                                                     "finetuned"))  # fmt: skip
+    assert (scratch.backbone.pretrained, scratch.backbone.lr_factor) == (False, 1.0)
+    assert scratch.backbone.unfreeze_every == 0 and scratch.backbone.freeze == "none"
+    assert frozen.backbone.freeze == "all" and frozen.backbone.unfreeze_every == 0
+    assert frozen.model.params["head_hidden"] == 0  # a linear probe
+    assert tuned.backbone.lr_factor == 0.3 and tuned.backbone.pretrained
+    for one in (scratch, frozen, tuned):
+        assert (one.seed, one.data.split_seed, one.data.labels_per_class) == (7, 42, 10)

@@ -124,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     efficiency.add_argument(
         "--arms", default="scratch,frozen,finetuned", help="which of scratch, frozen, finetuned"
     )
+    efficiency.add_argument(
+        "--min-steps", type=_at_least(1), default=1000,
+        help="optimiser steps every run gets at least (default: 1000)",
+    )  # fmt: skip
     efficiency.add_argument("--out", help="also save the figure here (a .png path)")
     efficiency.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE"
@@ -247,7 +251,9 @@ def _label_efficiency(args: argparse.Namespace) -> int:
     arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
     from workbench.label_efficiency import label_efficiency
 
-    result = label_efficiency(spec, labels=labels, seeds=args.seeds, arms=arms)
+    result = label_efficiency(
+        spec, labels=labels, seeds=args.seeds, arms=arms, min_steps=args.min_steps
+    )
     print(result.table())
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -5,13 +5,20 @@ labels per class, over several seeds: test accuracy as a mean with its 95 % inte
 The spec is a ``model.name: transfer`` spec with a ``backbone.source``. Every run keeps the
 spec's split (``data.split_seed``), so all seeds and arms are scored on the same test images and
 none of them was a training image of the backbone; a seed changes the labelled subset, the
-initialisation and the batch order. Nothing is chosen on test data: each run keeps its best
-validation checkpoint, and the arms' hyperparameters are the spec's. Runs go to MLflow as child
-runs of one parent run that holds the table (CSV) and the figure.
+initialisation and the batch order. A run with N labels per class also validates on N per class
+(``data.labels_per_class`` caps both), so its label budget is 2N per class, and it gets at least
+``min_steps`` optimiser steps (``max_epochs`` and ``patience`` grow in proportion when the labelled
+set is small). Nothing is chosen on test data: each run keeps its best validation checkpoint.
+The arms differ only in the backbone's weights and what trains: ``scratch`` trains the whole
+network at one learning rate, ``frozen`` only a linear head, ``finetuned`` everything with the
+backbone at ``lr × backbone.lr_factor``. Runs go to MLflow as child runs of one parent run that
+holds the table (CSV) and the figure.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import itertools
 import math
 from dataclasses import dataclass
@@ -22,13 +29,21 @@ import numpy as np
 from workbench import tracking
 from workbench.spec import ExperimentSpec, SpecError, apply_override, load_spec
 
-# Each arm: the backbone fields it sets. ``scratch`` is the same network from random weights.
+# Each arm: the fields it sets. ``scratch`` is the same network from random weights, trained as
+# a whole at one rate; ``frozen`` is a linear probe.
 ARMS: dict[str, dict[str, Any]] = {
-    "scratch": {"backbone.pretrained": False, "backbone.freeze": "none"},
-    "frozen": {"backbone.pretrained": True, "backbone.freeze": "all"},
+    "scratch": {
+        "backbone.pretrained": False, "backbone.freeze": "none", "backbone.lr_factor": 1.0,
+        "backbone.unfreeze_every": 0,
+    },
+    "frozen": {
+        "backbone.pretrained": True, "backbone.freeze": "all", "backbone.unfreeze_every": 0,
+        "model.params.head_hidden": 0,
+    },
     "finetuned": {"backbone.pretrained": True, "backbone.freeze": "none"},
-}
+}  # fmt: skip
 ROLE_NAME = "label-efficiency"
+MIN_STEPS = 1000  # optimiser steps every run gets at least, by default
 
 
 @dataclass
@@ -84,12 +99,14 @@ def label_efficiency(
     seeds: int = 5,
     arms: tuple[str, ...] = tuple(ARMS),
     progress: bool = True,
+    min_steps: int = MIN_STEPS,
 ) -> LabelEfficiency:
     """Train every (arm, labels per class, seed) and summarise test accuracy per arm and label
-    count; ``None`` in ``labels`` means every training label."""
+    count; ``None`` in ``labels`` means every training label. Each run takes at least
+    ``min_steps`` optimiser steps (more epochs, and patience in proportion, for few labels)."""
     from tqdm.auto import tqdm
 
-    from workbench.train import backbone_of, data_from_spec, fit, module_from_spec
+    from workbench.train import backbone_of
 
     if spec.backbone.source is None:
         raise SpecError("backbone.source: a label-efficiency run compares against a backbone")
@@ -103,33 +120,39 @@ def label_efficiency(
     store = tracking.open_store(
         spec.tracking.root, spec.tracking.experiment, spec.tracking.mlflow_uri
     )
-    tags = {tracking.ROLE: ROLE_NAME, tracking.STUDY: spec.name}
-    parent = tracking.start_run(store, f"{ROLE_NAME}-{spec.name}", tags)
-    tracking.set_tags(store, parent, {"workbench.base.source": spec.backbone.source})
+    tags = {
+        tracking.ROLE: ROLE_NAME, tracking.STUDY: spec.name,
+        "workbench.base.source": spec.backbone.source,
+    }  # fmt: skip
     rows: list[dict[str, Any]] = []
-    status = "FAILED"
-    try:
+    # FINISHED, KILLED on Ctrl-C, FAILED otherwise: the run closes itself.
+    with tracking.child_run(store, None, f"{ROLE_NAME}-{spec.name}", tags) as parent:
         bar = tqdm(runs, desc="label efficiency", unit="run", disable=not progress)
         for count, arm, offset in bar:
             one = variant(spec, arm, count, spec.seed + offset)
             bar.set_postfix_str(f"{arm} {count or 'all'}/class seed {one.seed}")
-            rows.append(_train_one(store, parent, one, arm, count, backbone, fit, data_from_spec,
-                                   module_from_spec))  # fmt: skip
+            rows.append(_train_one(store, parent, one, arm, count, backbone, min_steps))
         summary = summarise(rows)
         figure = plot(summary, rows, spec.name)
         tracking.log_figure(store, parent, figure, "label_efficiency.png")
         tracking.log_text(store, parent, _csv(rows), "label_efficiency.csv")
-        status = "FINISHED"
-    finally:
-        tracking.end_run(store, parent, status)
     return LabelEfficiency(rows, summary, figure, parent)
 
 
-def _train_one(store, parent, spec, arm, count, backbone, fit, data_from_spec, module_from_spec):
+def _train_one(store, parent, spec, arm, count, backbone, min_steps: int) -> dict[str, Any]:
     import lightning.pytorch as pl
+
+    from workbench.train import data_from_spec, fit, module_from_spec
 
     data = data_from_spec(spec)
     data.setup()
+    train_size = len(data.split("train")[1])
+    steps_per_epoch = math.ceil(train_size / spec.data.batch_size)
+    epochs = max(spec.trainer.max_epochs, math.ceil(min_steps / steps_per_epoch))
+    stretch = epochs / spec.trainer.max_epochs
+    trainer = dataclasses.replace(
+        spec.trainer, max_epochs=epochs, patience=math.ceil(spec.trainer.patience * stretch)
+    )
     pl.seed_everything(spec.seed, verbose=False)
     model = module_from_spec(spec, data, backbone=backbone)
     tags = {tracking.ROLE: "label-efficiency-run", tracking.STUDY: spec.name, "arm": arm}
@@ -144,11 +167,13 @@ def _train_one(store, parent, spec, arm, count, backbone, fit, data_from_spec, m
             store,
             run_id,
             {"arm": arm, "labels_per_class": count or "all", "seed": spec.seed,
-             "train_size": len(data.split("train")[1])},
+             "train_size": train_size, "val_size": len(data.split("val")[1]),
+             "test_size": len(data.split("test")[1]), "max_epochs": trainer.max_epochs,
+             "patience": trainer.patience},
         )  # fmt: skip
         folder = store.root / "checkpoints" / "label-efficiency" / f"{spec.name}-{run_id}"
         mode = "max" if spec.study.direction == "maximize" else "min"
-        result = fit(model, data, spec.trainer, folder, monitor=spec.study.metric, mode=mode)
+        result = fit(model, data, trainer, folder, monitor=spec.study.metric, mode=mode)
         tracking.log_metrics(store, run_id, {**result.test_metrics, "best_val": result.best_score})
     return {
         "arm": arm,
@@ -157,6 +182,7 @@ def _train_one(store, parent, spec, arm, count, backbone, fit, data_from_spec, m
         "val": result.best_score,
         "test_acc": result.test_metrics["test/acc"],
         "epochs": result.epochs,
+        "test_fingerprint": _digest(data.split("test")[0]),
         "run_id": run_id,
     }
 
@@ -207,8 +233,12 @@ def plot(summary: list[dict[str, Any]], rows: list[dict[str, Any]], title: str, 
     return figure
 
 
+def _digest(tensor) -> str:
+    return hashlib.sha256(tensor.cpu().numpy().tobytes()).hexdigest()[:16]
+
+
 def _csv(rows: list[dict[str, Any]]) -> str:
-    header = ["arm", "labels", "seed", "val", "test_acc", "epochs", "run_id"]
+    header = ["arm", "labels", "seed", "val", "test_acc", "epochs", "test_fingerprint", "run_id"]
     lines = [",".join(header)]
     for r in rows:
         lines.append(",".join("all" if r[k] is None else str(r[k]) for k in header))

@@ -93,9 +93,11 @@ class ArrayDataModule(pl.LightningDataModule):
         # Statistics of every training image, labelled or not: a few-label run sees its inputs
         # as the backbone it starts from saw them.
         self.mean_, self.std_ = self._statistics(x_train)
-        if self.labels_per_class is not None:
+        if self.labels_per_class is not None:  # a few-label run validates on as few
             keep = per_class(y_train, self.labels_per_class, self.seed)
             x_train, y_train = x_train[keep], y_train[keep]
+            keep = per_class(y_val, self.labels_per_class, self.seed)
+            x_val, y_val = x_val[keep], y_val[keep]
         self.fingerprint_ = _fingerprint(x_train, y_train, x_val, y_val, x_test, y_test)
         self.num_classes_ = int(max(y_train.max(), y_val.max(), y_test.max())) + 1
         self.splits_ = {

@@ -38,6 +38,10 @@ class ConvEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.code(self.features(images))
 
+    def blocks(self) -> list[nn.Module]:
+        """Two strided convolution blocks, then the linear layer to the code (a backbone)."""
+        return [self.features[:3], self.features[3:6], nn.Sequential(self.features[6], self.code)]
+
 
 class ConvDecoder(nn.Module):
     """(N, code) → (N, C, H, W) in [0, 1]: the encoder's mirror image."""
@@ -101,9 +105,8 @@ class AutoencoderModule(pl.LightningModule):
         return self.net.encoder(images)
 
     def backbone_blocks(self) -> list[nn.Module]:
-        """The encoder: two strided convolution blocks, then the linear layer to the code."""
-        features = self.net.encoder.features
-        return [features[:3], features[3:6], nn.Sequential(features[6], self.net.encoder.code)]
+        """The encoder's blocks; the decoder stays behind."""
+        return self.net.encoder.blocks()
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         images, _ = batch

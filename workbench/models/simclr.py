@@ -28,9 +28,12 @@ def random_views(images: torch.Tensor, generator: torch.Generator | None = None)
     """One random view per image: rotate ±20°, scale 0.8-1.2, shift ±15 %, add noise (σ 0.1)
     and blank a random 30 % × 30 % patch. Works on normalised or [0, 1] inputs alike."""
     n, device = images.shape[0], images.device
+    # Training views are drawn on the batch's device; a seeded generator (validation) is a CPU
+    # one, so those few numbers are drawn there and moved.
+    source = "cpu" if generator is not None else device
 
     def uniform(*shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=generator, device="cpu").to(device)
+        return torch.rand(*shape, generator=generator, device=source).to(device)
 
     angle = (uniform(n) * 2 - 1) * math.radians(20)
     scale = 0.8 + 0.4 * uniform(n)
@@ -41,9 +44,8 @@ def random_views(images: torch.Tensor, generator: torch.Generator | None = None)
     )
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     views = F.grid_sample(images, grid, padding_mode="border", align_corners=False)
-    views = views + 0.1 * views.std() * torch.randn(
-        views.shape, generator=generator, device="cpu"
-    ).to(device)
+    noise = torch.randn(views.shape, generator=generator, device=source).to(device)
+    views = views + 0.1 * views.std() * noise
     height, width = images.shape[-2:]
     size_h, size_w = max(1, int(0.3 * height)), max(1, int(0.3 * width))
     top = (uniform(n) * (height - size_h + 1)).long()
@@ -122,9 +124,8 @@ class SimCLRModule(pl.LightningModule):
         return torch.randn(n, *self.hparams.input_shape, generator=seeded)
 
     def backbone_blocks(self) -> list[nn.Module]:
-        """The encoder's blocks (as the autoencoder's): the projection head stays behind."""
-        features = self.net.encoder.features
-        return [features[:3], features[3:6], nn.Sequential(features[6], self.net.encoder.code)]
+        """The encoder's blocks (as the autoencoder's); the projection head stays behind."""
+        return self.net.encoder.blocks()
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         images, _ = batch  # labels are never read

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from workbench.spec.types import (
+    FREEZE_RULE,
     STUDY_REFERENCE,
     BackboneSpec,
     ExperimentSpec,
@@ -223,7 +224,16 @@ def _check_backbone(spec: ExperimentSpec) -> None:
                 "backbone.source",
                 f"file not found: {backbone.source}",
             )
-            registry.model_class(backbone.model)  # raises naming the valid ones
+            try:
+                registry.model_class(backbone.model)
+            except registry.UnknownNameError as exc:
+                raise SpecError(str(exc).replace("model.name:", "backbone.model:", 1)) from exc
+        else:
+            _require(
+                backbone.model is None,
+                "backbone.model",
+                f"only a .ckpt source needs it; {backbone.source} names its architecture",
+            )
     else:
         _require(
             "base" not in accepted,
@@ -233,6 +243,23 @@ def _check_backbone(spec: ExperimentSpec) -> None:
         )
     if "base" in accepted:  # a transfer model: module_from_spec copies the weights or not
         accepted = accepted | {"pretrained"}
+    freeze = spec.search_space.get("backbone.freeze")
+    for choice in (freeze.choices or []) if freeze is not None else []:
+        _require(
+            isinstance(choice, str) and FREEZE_RULE.fullmatch(choice) is not None,
+            "search_space.backbone.freeze.choices",
+            f"each must be all, none or first_N (N >= 1); got {choice!r}",
+        )
+    factor = spec.search_space.get("backbone.lr_factor")
+    if factor is not None and factor.type != "categorical":
+        _require(factor.low > 0, "search_space.backbone.lr_factor.low", "must be > 0")
+    unfreezing = backbone.unfreeze_every > 0 or "backbone.unfreeze_every" in spec.search_space
+    _require(
+        not (unfreezing and spec.trainer.strategy == "ddp"),
+        "backbone.unfreeze_every",
+        "gradual unfreezing cannot run under trainer.strategy: ddp (DDP registers only the "
+        "parameters trainable when it starts; blocks unfrozen later would not be synchronised)",
+    )
     defaults = BackboneSpec()
     searched = {k.partition(".")[2] for k in spec.search_space if k.startswith("backbone.")}
     for field_name in registry.BACKBONE_ARGS:

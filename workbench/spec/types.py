@@ -64,8 +64,9 @@ class DataSpec:
     """Seed of the subsample and the train/val/test split; null: the spec's ``seed``. Fixing it
     while the seed varies keeps one split (the same test images) across seeds."""
     labels_per_class: int | None = None
-    """Keep this many labelled training examples per class (seeded, after splitting; the
-    validation and test splits stay whole): few-label experiments."""
+    """Keep this many labelled examples per class in the training split, and as many in the
+    validation split (seeded by ``seed``, after splitting; the test split stays whole):
+    few-label experiments."""
     options: dict[str, Any] = field(default_factory=dict)
     """Arguments of the data family itself, e.g. ``{length: 100}`` for ``adding``."""
 

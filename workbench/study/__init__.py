@@ -51,9 +51,11 @@ def run_study(
     data = data_from_spec(spec)
     data.setup()  # a missing or broken data file fails here, before any run is opened
     if spec.backbone.source is not None:
-        from workbench.train import backbone_of
+        from workbench.train import backbone_of, module_from_spec
 
-        backbone_of(spec)  # a missing base model or another split of the data fails here
+        # A missing base model, another split of the data or a backbone that does not fit the
+        # data's shape fails here, before any store is opened.
+        module_from_spec(spec, data, backbone=backbone_of(spec))
     storage = pool.open_study_storage(spec)  # an unreachable or corrupt database fails here
     recovery.check_mlflow_side_exists(spec, storage)
     store = tracking.open_store(

@@ -107,7 +107,7 @@ class Objective:
         training data as a dataset input."""
         from workbench.registry import model_class
         from workbench.tracking.lineage import log_base_model, log_data_input
-        from workbench.train import backbone_of
+        from workbench.train import backbone_of, check_split
 
         splits = getattr(data, "splits_", None) or {}  # in-memory families (not environments)
         sizes = {f"{name}_rows": len(labels) for name, (_, labels) in splits.items()}
@@ -122,6 +122,7 @@ class Objective:
         if source not in self._backbones:
             self._backbones[source] = backbone_of(spec)
         base = self._backbones[source]
+        check_split(base.spec, spec)  # a searched data field may change this trial's split
         log_base_model(
             self.store, run_id, source, base.run_id, base.model_uri, spec.backbone.pretrained
         )

@@ -62,14 +62,14 @@ def start_run(store: Store, name: str, tags: dict[str, str], parent: str | None 
 @contextlib.contextmanager
 def child_run(
     store: Store,
-    parent: str,
+    parent: str | None,
     name: str,
     tags: dict[str, str],
     killed_by: tuple[type[BaseException], ...] = (),
 ):
-    """A run under ``parent`` that closes itself by how the block ends: FINISHED on a normal
-    exit; KILLED on Ctrl-C or an exception of ``killed_by`` (e.g. a pruned trial); FAILED with
-    the exception as its reason otherwise. The exception goes on."""
+    """A run under ``parent`` (a top-level run when None) that closes itself by how the block
+    ends: FINISHED on a normal exit; KILLED on Ctrl-C or an exception of ``killed_by`` (e.g. a
+    pruned trial); FAILED with the exception as its reason otherwise. The exception goes on."""
     run_id = start_run(store, name, tags, parent=parent)
     try:
         yield run_id

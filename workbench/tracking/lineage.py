@@ -50,14 +50,31 @@ def log_base_model(
     tags = {BASE_SOURCE: source, BASE_PRETRAINED: str(pretrained).lower()}
     if pretrained and base_run is not None:
         tags[BASE_RUN] = base_run
-        version = registered_versions(store, base_run)
+        version = named_version(store, source, base_run)
         if version:
-            tags[BASE_VERSION] = version[0].removeprefix("models:/").split("@")[0]
+            tags[BASE_VERSION] = version
     if pretrained and base_model_uri and base_model_uri.startswith("models:/m-"):
         tags[BASE_MODEL] = base_model_uri
         model_id = base_model_uri.removeprefix("models:/")
         store.client.log_inputs(run_id, models=[LoggedModelInput(model_id)])
     set_tags(store, run_id, tags)
+
+
+def named_version(store: Store, source: str, run_id: str) -> str | None:
+    """``NAME/VERSION`` of the registered version ``source`` names (``models:/NAME/VERSION``,
+    ``models:/NAME@ALIAS``); for another source, the version of ``run_id`` that holds the
+    ``champion`` alias, else its first."""
+    client = store.client
+    target = source.removeprefix("models:/") if source.startswith("models:/") else ""
+    if target and not target.startswith("m-"):
+        name, _, alias = target.partition("@")
+        if alias:
+            return f"{name}/{client.get_model_version_by_alias(name, alias).version}"
+        return target
+    versions = registered_versions(store, run_id)
+    chosen = next((v for v in versions if "champion" in v.partition("@")[2].split(",")), None)
+    chosen = chosen or (versions[0] if versions else None)
+    return chosen.removeprefix("models:/").split("@")[0] if chosen else None
 
 
 def log_data_input(store: Store, run_id: str, name: str, digest: str, sizes: dict) -> None:
@@ -93,7 +110,10 @@ def lineage(store: Store, run_id: str) -> list[Step]:
     current: str | None = run_id
     while current is not None and current not in seen:
         seen.add(current)
-        run = store.client.get_run(current)
+        try:
+            run = store.client.get_run(current)
+        except Exception as exc:  # MLflow raises its own types for a deleted or unknown run
+            raise LookupError(f"lineage: run {current} is not in {store.tracking_uri}") from exc
         tags = run.data.tags
         chain.append(
             Step(

@@ -151,7 +151,7 @@ def backbone_of(spec: ExperimentSpec):
         raise SpecError(f"backbone.source: {source}: {exc}") from exc
     if source.endswith(".ckpt"):
         return base
-    _check_split(base.spec, spec)
+    check_split(base.spec, spec)
     if base.spec.data.normalize != spec.data.normalize:
         raise SpecError(
             f"data.normalize: the backbone {source} was trained with data.normalize="
@@ -160,21 +160,31 @@ def backbone_of(spec: ExperimentSpec):
     return base
 
 
-def _check_split(base: ExperimentSpec, spec: ExperimentSpec) -> None:
+def check_split(base: ExperimentSpec, spec: ExperimentSpec) -> None:
     """A backbone pretrained on the same data must have seen the same training split, or the
     test images here may be among the images it was trained on."""
 
-    def split(s: ExperimentSpec) -> tuple:
+    def split(s: ExperimentSpec) -> dict[str, Any]:
         d = s.data
-        seed = s.seed if d.split_seed is None else d.split_seed
-        return (seed, d.val_fraction, d.test_fraction, d.max_samples, d.path, d.options)
+        return {
+            "data.split_seed": s.seed if d.split_seed is None else d.split_seed,
+            "data.val_fraction": d.val_fraction,
+            "data.test_fraction": d.test_fraction,
+            "data.max_samples": d.max_samples,
+            "data.path": d.path,
+            "data.options": d.options,
+        }
 
-    if base.data.name == spec.data.name and split(base) != split(spec):
+    if base.data.name != spec.data.name:
+        return
+    theirs, ours = split(base), split(spec)
+    differ = [f"{k} {theirs[k]!r} there, {ours[k]!r} here" for k in ours if ours[k] != theirs[k]]
+    if differ:
         raise SpecError(
-            f"data.split_seed: the backbone {spec.backbone.source} was pretrained on another "
-            f"split of {spec.data.name!r} (split seed, fractions, max_samples: "
-            f"{split(base)[:4]} here {split(spec)[:4]}); its training images could be in this "
-            "test split. Use the same split (data.split_seed fixes it while seed varies)."
+            f"{differ[0].split()[0]}: the backbone {spec.backbone.source} was pretrained on "
+            f"another split of {spec.data.name!r} ({'; '.join(differ)}); its training images "
+            "could be in this test split. Use the same split (data.split_seed fixes it while "
+            "seed varies)."
         )
 
 

@@ -61,7 +61,14 @@ SIZES: dict[str, dict[str, object]] = {  # "null": no subsample
         "trainer.max_epochs": 3,
     },
     "mnist_distill": {"data.max_samples": 1000, "trainer.max_epochs": 3},
+    "mnist_simclr": {"data.max_samples": 600, "trainer.max_epochs": 2},
+    "mnist_transfer": {"data.max_samples": 600, "trainer.max_epochs": 3},
+    "digits_transfer": {"data.max_samples": 600, "trainer.max_epochs": 3},
+    "text_minilm": {"data.max_samples": 600, "trainer.max_epochs": 2},
 }
+# The backbone of the transfer experiments (``backbone.source: study:mnist_simclr``): a tiny
+# SimCLR study in the same store, run first, on the split the MNIST transfer spec uses.
+BACKBONE_SIZE = {"data.max_samples": 600, "trainer.max_epochs": 1, "study.trials": 1}
 # The teacher / judge of the experiments that name ``study:mnist_cnn``: a CNN that has learnt
 # something (about 85 % test accuracy), or the student and the GAN have nothing to follow.
 JUDGE_SIZE = {"data.max_samples": 1000, "trainer.max_epochs": 2, "explain.enabled": False}
@@ -70,6 +77,7 @@ METRICS = {
     "autoencoder": {"test/mse"},
     "gan": {"test/confidence", "test/min_class_share", "test/quality"},
     "dqn": {"test/return"},
+    "simclr": {"test/loss", "test/pair_acc"},
 }
 TASK_METRICS = {"classification": {"test/acc", "test/f1"}, "regression": {"test/mse", "test/mae"}}
 SLOW = {  # over ~20 s on a loaded 2-core machine
@@ -79,6 +87,9 @@ SLOW = {  # over ~20 s on a loaded 2-core machine
     "mnist_gan",
     "mnist_distill",
     "cartpole_dqn",
+    "mnist_transfer",
+    "digits_transfer",
+    "text_minilm",
 }
 FIGURES = {
     "mnist_autoencoder": ["plots/reconstructions"],
@@ -182,6 +193,14 @@ def _check_beats_baseline(name: str, spec, result, data) -> None:
         untrained.pixel_std.copy_(trained.pixel_std)
         baseline = _judged(untrained)["confidence"]
         assert metrics["test/confidence"] > baseline + 0.05, (metrics, baseline)
+    elif spec.model.name == "simclr":  # views told apart better than by the untrained encoder
+        pl.seed_everything(spec.seed, verbose=False)
+        best = result.load_study().trials[result.best_trial]
+        untrained = registry.create_model("simclr", **load_module(
+            best.user_attrs["checkpoint"], "simclr").hparams)  # fmt: skip
+        trainer = pl.Trainer(logger=False, enable_progress_bar=False, accelerator="cpu")
+        baseline = trainer.test(untrained, datamodule=data, verbose=False)[0]["test/loss"]
+        assert metrics["test/loss"] < baseline, (metrics, baseline)
     elif spec.model.name == "autoencoder":
         baseline = _mean_prediction_mse(data, per_pixel=True)  # the mean training image
         assert metrics["test/mse"] < 0.75 * baseline, (metrics, baseline)
@@ -202,9 +221,14 @@ def test_experiment_runs_through_the_study_path(
     root.mkdir()
     shutil.copyfile(empty_mlflow_db, root / "mlflow.db")
     refs = list(load_spec(EXPERIMENTS / f"{name}.yaml").model.params.values())
+    backbone = load_spec(EXPERIMENTS / f"{name}.yaml").backbone.source
     if "study:mnist_cnn" in refs:  # as documented: the teacher/judge is the demo's best CNN
         cnn = load_spec(EXPERIMENTS / "mnist_cnn.yaml", tiny(root, **JUDGE_SIZE))
         run_study(cnn, trials=1)
+        spec = load_spec(EXPERIMENTS / f"{name}.yaml", tiny(root, **SIZES.get(name, {})))
+    elif backbone is not None:  # as documented: the pretraining study runs first
+        base = backbone.removeprefix("study:")
+        run_study(load_spec(EXPERIMENTS / f"{base}.yaml", tiny(root, **BACKBONE_SIZE)))
         spec = load_spec(EXPERIMENTS / f"{name}.yaml", tiny(root, **SIZES.get(name, {})))
     else:
         spec = _tiny_spec(name, root, teacher_checkpoint, **SIZES.get(name, {}))
@@ -263,6 +287,14 @@ def _first_epoch_of_trial_0(
         shutil.copyfile(empty_db, root / "mlflow.db")
     size = SEED_SIZES.get(name.split("_")[0], SEED_SIZES.get(name, {}))
     settings = {"data.max_samples": 200, "explain.enabled": False, **size, **(overrides or {})}
+    backbone = load_spec(EXPERIMENTS / f"{name}.yaml").backbone.source
+    if backbone is not None:  # its pretraining study first, on the same split, once per store
+        base = load_spec(
+            EXPERIMENTS / f"{backbone.removeprefix('study:')}.yaml",
+            tiny(root, **{**BACKBONE_SIZE, "data.max_samples": 200}),
+        )
+        run_study(base)  # a second call finds it finished
+        settings["data.split_seed"] = base.seed  # another seed keeps the backbone's split
     result = run_study(_tiny_spec(name, root, checkpoint, **settings), trials=1)
     assert (result.n_complete, result.n_failed) == (1, 0)
     run_id = result.load_study().trials[0].user_attrs["mlflow_run_id"]

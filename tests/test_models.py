@@ -33,6 +33,9 @@ SMALL = {
     "dqn": {"hidden": 32},
 }
 SMALL_DATA = {"adding": {"data.options.length": 10}}  # sequences of 10 steps, not 100
+# Spec fields per architecture: MiniLM's 22 M pretrained weights stay frozen here (a single batch
+# of random labels makes Adam at 3e-3 diverge in its layers; its head fits them alone).
+SMALL_SPEC = {"minilm": {"backbone.freeze": "all"}}
 _DATA: dict[Path, object] = {}
 
 
@@ -44,7 +47,7 @@ def _from_spec(name: str, checkpoint: str, **hparams):
     if (yaml.safe_load(path.read_text()).get("backbone") or {}).get("source"):
         refs |= {"backbone.source": checkpoint, "backbone.model": "cnn"}  # a 28×28 cnn
     family = yaml.safe_load(path.read_text())["data"]["name"]
-    sizes = {"data.max_samples": 200, **SMALL_DATA.get(family, {})}
+    sizes = {"data.max_samples": 200, **SMALL_DATA.get(family, {}), **SMALL_SPEC.get(name, {})}
     spec = load_spec(path, tiny(Path("unused"), **refs, **sizes))
     if path not in _DATA:
         _DATA[path] = data_from_spec(spec)

@@ -65,6 +65,7 @@ SIZES: dict[str, dict[str, object]] = {  # "null": no subsample
     "mnist_transfer": {"data.max_samples": 600, "trainer.max_epochs": 3},
     "digits_transfer": {"data.max_samples": 600, "trainer.max_epochs": 3},
     "text_minilm": {"data.max_samples": 600, "trainer.max_epochs": 2},
+    "text_scratch": {"data.max_samples": "null", "trainer.max_epochs": 6},
 }
 # The backbone of the transfer experiments (``backbone.source: study:mnist_simclr``): a tiny
 # SimCLR study in the same store, run first, on the split the MNIST transfer spec uses.
@@ -308,8 +309,13 @@ def _first_epoch_of_trial_0(
     return epoch
 
 
+# MiniLM's 22 M pretrained weights make three studies a minute of the suite; its seeding is
+# checked by test_models (same seed, same weights) and its study path above.
+SEED_SKIP = {"text_minilm"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", EXPERIMENT_NAMES)
+@pytest.mark.parametrize("name", sorted(set(EXPERIMENT_NAMES) - SEED_SKIP))
 def test_same_seed_gives_the_same_first_epoch_metrics(
     name: str, tmp_path: Path, teacher_checkpoint, empty_mlflow_db: Path
 ):

@@ -53,7 +53,7 @@ def test_notebook_is_a_thin_driver_with_stripped_outputs(path: Path):
 QUICKSTART_CASES = {
     "images": ("mnist_cnn.yaml", None),
     "tables": ("breast_cancer_mlp.yaml", None),
-    "sequences-regression": ("adding_lstm.yaml", "on 'adding' data, 'lstm' predicts no class"),
+    "sequences-regression": ("adding_lstm.yaml", "on 'adding' data, 'lstm' predicts nothing"),
     "generative": ("mnist_autoencoder.yaml", "'autoencoder' is not one"),
 }
 

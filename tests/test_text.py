@@ -395,3 +395,11 @@ def test_text_explanations_find_the_topic_words_and_beat_random_deletion(generat
         "explain/text_lime.png",
         "explain/text_deletion.png",
     }
+
+
+def test_explaining_text_in_a_study_is_refused_before_training():
+    """The study's SHAP/LIME step does not cover text; explain_text does (from a notebook)."""
+    from workbench.spec import SpecError
+
+    with pytest.raises(SpecError, match=r"explain\.enabled.*explain_text"):
+        load_spec(EXPERIMENTS / "text_minilm.yaml", ["explain.enabled=true"])

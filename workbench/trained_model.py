@@ -75,8 +75,9 @@ class TrainedModel:
             )
         if not explainable(name, data):
             return (
-                f"Explanation skipped: on {data!r} data, {name!r} predicts no class to explain "
-                "(SHAP and LIME explain classifications here, not regression values or actions)."
+                f"Explanation skipped: on {data!r} data, {name!r} predicts nothing the pixel, "
+                "feature and time-step explainers attribute (they explain classifications, not "
+                "regression values or actions; text has workbench.explain.text.explain_text)."
             )
         if not self.spec.explain.enabled:
             return "Explanation skipped: the spec turns it off (explain.enabled: false)."

@@ -242,7 +242,10 @@ def dialogue_statements(topics: Sequence[str], folder: Path) -> Texts:
     return texts, np.asarray(labels, dtype=np.int64)
 
 
-@register_data("dialogue_topics")
+# The study's SHAP/LIME step explains pixels, table features and time steps; text is explained
+# over word pieces by ``workbench.explain.text.explain_text`` (from a notebook), so a spec with
+# ``explain.enabled: true`` on text is refused before training rather than failing after it.
+@register_data("dialogue_topics", explainable=False)
 def dialogue_topics(
     topics: Sequence[str] = DIALOGUE_TOPICS, max_length: int = 32, **options: Any
 ) -> TextDataModule:
@@ -308,7 +311,7 @@ def read_text_table(path: Path, text_column: str, label_column: str) -> tuple[Te
     return (texts.tolist(), codes.astype(np.int64)), [str(c) for c in classes]
 
 
-@register_data("text")
+@register_data("text", explainable=False)
 def text(
     path: str | None = None,
     text_column: str = "text",

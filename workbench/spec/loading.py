@@ -183,8 +183,9 @@ def _check_against_registry(spec: ExperimentSpec) -> None:
         _require(
             registry.explainable(spec.model.name, spec.data.name),
             "explain.enabled",
-            f"SHAP and LIME explain classifiers, not {spec.model.name!r} on {spec.data.name!r} "
-            "data; set it to false",
+            f"the study's SHAP and LIME step explains image, table and sequence classifiers, "
+            f"not {spec.model.name!r} on {spec.data.name!r} data; set it to false (text: "
+            "workbench.explain.text.explain_text)",
         )
     for key in spec.search_space:
         if "." in key:

@@ -61,7 +61,8 @@ class LabelEfficiency:
         lines = [f"{'arm':10s} {'labels/class':>12s} {'test acc (95% CI)':>22s} {'n':>3s}"]
         for row in self.summary:
             ci = f"{row['mean']:.3f} ± {row['half_width']:.3f}"
-            lines.append(f"{row['arm']:10s} {row['labels']!s:>12s} {ci:>22s} {row['n']:3d}")
+            labels = "all" if row["labels"] is None else str(row["labels"])
+            lines.append(f"{row['arm']:10s} {labels:>12s} {ci:>22s} {row['n']:3d}")
         return "\n".join(lines)
 
 

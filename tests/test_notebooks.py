@@ -202,6 +202,7 @@ def test_transfer_notebook_runs_in_smoke_mode(tmp_path: Path):
             "root": str(root),
             "labels": [3, None],
             "seeds": 1,
+            "min_steps": 5,
             "fine_tuning_trials": 1,
             "overrides": [*tiny(root)[1:], "study.trials=1", "explain.enabled=false"],
         },

@@ -123,7 +123,7 @@ def test_studies_notebook_runs_in_smoke_mode(tmp_path: Path):
             "root": str(root),
             "trials": 3,
             "epochs": 2,
-            "overrides": ["data.max_samples=300", "data.augment=false"],
+            "overrides": ["data.max_samples=300", "data.augment=false", "study.confirm.top_k=0"],
         },
     )
     assert len(images) >= 4, "Pareto front, intermediate values and history are drawn inline"
@@ -150,7 +150,12 @@ def test_explain_notebook_runs_in_smoke_mode(tmp_path: Path):
             "table_spec": str(EXPERIMENTS / "breast_cancer_mlp.yaml"),
             "root": str(root),
             "trials": 1,
-            "overrides": ["trainer.max_epochs=2", "data.max_samples=500", "data.augment=false"],
+            "overrides": [
+                "trainer.max_epochs=2",
+                "data.max_samples=500",
+                "data.augment=false",
+                "study.confirm.top_k=0",
+            ],
             "n": 3,
             "lime_samples": 100,
         },

@@ -55,6 +55,12 @@ def test_study_runs_every_trial_into_a_nested_finished_run(finished):
         # Real learning on 480 training digits in 2 epochs: far above chance (0.1).
         assert 0.3 < run.data.metrics["test/acc"] <= 1.0
         assert 0.0 < run.data.metrics["test/loss"] < 2.3
+        # What a reviewer expects, for every class of the test split.
+        assert 0.5 < run.data.metrics["test/auroc"] <= 1.0
+        assert 0.0 <= run.data.metrics["test/ece"] <= 1.0
+        for k in range(10):
+            for name in ("precision", "recall", "f1"):
+                assert 0.0 <= run.data.metrics[f"test/class_{k}/{name}"] <= 1.0
         history = client.get_metric_history(run.info.run_id, "val/acc")
         assert [m.step for m in history] == [0, 1]
 
@@ -72,6 +78,13 @@ def test_trials_and_runs_agree(finished):
         history = MlflowClient(result.tracking_uri).get_metric_history(run.info.run_id, "val/acc")
         assert trial.value == pytest.approx(max(m.value for m in history))
     assert result.best_value == pytest.approx(max(t.value for t in trials))
+
+
+CHAMPION_PLOTS = {
+    "plots/learning_curves.png",
+    "plots/confusion_matrix.png",
+    "plots/reliability.png",
+}
 
 
 def _logged(client, run_id: str) -> tuple[set[str], list]:
@@ -92,7 +105,7 @@ def test_the_champion_holds_its_model_plots_and_explanations(finished):
     for run in _children(result):
         plots, models = _logged(client, run.info.run_id)
         if run.info.run_id == result.best_run_id:
-            assert plots == {"plots/learning_curves.png", "plots/confusion_matrix.png"}
+            assert plots == CHAMPION_PLOTS
             assert [f"models:/{m.model_id}" for m in models] == [result.model_uri]
             # Logged into the finished run, which keeps its status and the end of its trial.
             trial = result.load_study().trials[result.best_trial]
@@ -156,7 +169,7 @@ def test_log_models_all_logs_every_trial_and_a_new_champion_is_logged_on_resume(
     client = MlflowClient(every.tracking_uri)
     for run in _children(every):
         plots, models = _logged(client, run.info.run_id)
-        assert plots == {"plots/learning_curves.png", "plots/confusion_matrix.png"}
+        assert plots == CHAMPION_PLOTS
         assert len(models) == 1
     # Under "best", a resumed study whose champion changes logs the new champion once.
     overrides = tiny(root, **{"explain.enabled": False, "name": "resumed"})

@@ -310,7 +310,7 @@ def test_a_fine_tuned_model_explains_and_exports_like_any_other(fine_tuned, tmp_
 
 
 def test_mean_interval_by_hand():
-    from workbench.label_efficiency import mean_interval
+    from workbench.stats import mean_interval
 
     mean, half = mean_interval([1.0, 2.0, 3.0])
     assert mean == 2.0

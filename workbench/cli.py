@@ -140,8 +140,18 @@ def main(argv: list[str] | None = None) -> int:
     lineage.add_argument("--root", default="mlruns", help="the workbench store (default: mlruns)")
     lineage.add_argument("--experiment", default="workbench")
 
+    again = commands.add_parser(
+        "reproduce",
+        help="train a finished trial again from what its run recorded; compare and list "
+        "every recorded difference",
+    )
+    again.add_argument("run_id", help="the MLflow run id of a trial (or a confirmation)")
+    again.add_argument("--root", default="mlruns", help="the workbench store (default: mlruns)")
+    again.add_argument("--experiment", default="workbench")
+
     args = parser.parse_args(argv)
     handlers = {
+        "reproduce": _reproduce,
         "label-efficiency": _label_efficiency,
         "lineage": _lineage,
         "study": _study,
@@ -157,6 +167,21 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, LookupError, FileNotFoundError, ConnectionError) as exc:
         print(f"workbench: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _print_confirmed(result, metric: str) -> None:
+    """Each confirmed configuration as mean ± 95 % interval over its seeds, champion first."""
+    if not result.confirmed:
+        return
+    print("confirmed over seeds (mean ± 95 % CI; the champion, chosen on validation, first):")
+    for row in result.confirmed:
+        names = [metric] + sorted(
+            k.removesuffix("_mean") for k in row if k.endswith("_mean") and k != f"{metric}_mean"
+        )
+        scores = "  ".join(f"{n} {row[f'{n}_mean']:.4f} ± {row[f'{n}_ci']:.4f}" for n in names)
+        print(f"  trial {row['trial']:3d} ({row['n']} seeds)  {scores}  (search: "
+              f"{row['search_value']:.4f})")  # fmt: skip
+    print(f"optimism of the search: {result.optimism:+.4f} (best single {metric} minus its mean)")
 
 
 def _study(args: argparse.Namespace) -> int:
@@ -183,6 +208,7 @@ def _study(args: argparse.Namespace) -> int:
             "best test metrics: "
             + ", ".join(f"{k} = {v:.4f}" for k, v in sorted(result.test_metrics.items()))
         )
+        _print_confirmed(result, spec.study.metric)
         print(
             f"registered model: models:/{result.registered_model}@champion "
             f"(version {result.registered_version})"
@@ -273,6 +299,22 @@ def _lineage(args: argparse.Namespace) -> int:
     store = tracking.open_store(root, args.experiment)
     run_id = tracking.resolve_run_id(store, args.source)
     print(describe(lineage(store, run_id), store))
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from workbench.study.reproduce import reproduce
+
+    result = reproduce(args.run_id, args.root, args.experiment)
+    print(f"original run {result.original_run}, reproduced in run {result.new_run}")
+    print(result.table())
+    print("identical metrics" if result.identical else "the metrics differ")
+    if result.differences:
+        print("recorded differences:")
+        for line in result.differences:
+            print(f"  {line}")
+    else:
+        print("recorded differences: none (same data, commit, packages, machine and settings)")
     return 0
 
 

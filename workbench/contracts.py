@@ -69,10 +69,12 @@ class DrawsEpochFigures(Protocol):
 
 @runtime_checkable
 class CountsConfusion(Protocol):
-    """Optional: a classifier that accumulates its test confusion matrix (a torchmetrics metric
-    with ``compute`` and ``reset``); ``fit`` returns it with the test metrics."""
+    """Optional: a classifier that accumulates its test confusion matrix and the bins of its
+    reliability diagram (torchmetrics metrics with ``compute`` and ``reset``); ``fit`` returns
+    them with the test metrics."""
 
     test_confusion: Any
+    test_reliability: Any
 
 
 @runtime_checkable

@@ -230,3 +230,35 @@ def _new_file_patch(root: Path, path: str) -> str:
         if not text.endswith("\n"):
             patch += "\\ No newline at end of file\n"
     return patch
+
+
+# What two runs' environments are compared on, in the order a cause is most likely.
+COMPARED = (
+    "python", "platform", "machine", "cpu", "cpu_count", "gpus", "cuda", "torch_threads",
+    "deterministic", "torch_deterministic_algorithms", "cudnn_benchmark",
+)  # fmt: skip
+
+
+def differences(before: dict[str, Any] | None, after: dict[str, Any] | None) -> list[str]:
+    """Every recorded difference between two ``environment.json`` records, one line each
+    (``what: before → after``): the git commit and dirty flag, each package version, the
+    machine and torch's settings."""
+    if not before or not after:
+        missing = "the original run" if not before else "the new run"
+        return [f"environment: {missing} recorded none"]
+    lines = []
+    old_git, new_git = before.get("git") or {}, after.get("git") or {}
+    for key in ("commit", "dirty"):
+        if old_git.get(key) != new_git.get(key):
+            lines.append(f"git {key}: {old_git.get(key)} → {new_git.get(key)}")
+    old_packages, new_packages = before.get("packages") or {}, after.get("packages") or {}
+    for name in sorted(set(old_packages) | set(new_packages)):
+        if old_packages.get(name) != new_packages.get(name):
+            lines.append(
+                f"package {name}: {old_packages.get(name, 'absent')} → "
+                f"{new_packages.get(name, 'absent')}"
+            )
+    for key in COMPARED:
+        if before.get(key) != after.get(key):
+            lines.append(f"{key}: {before.get(key)} → {after.get(key)}")
+    return lines

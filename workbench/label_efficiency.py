@@ -28,6 +28,7 @@ import numpy as np
 
 from workbench import tracking
 from workbench.spec import ExperimentSpec, SpecError, apply_override, load_spec
+from workbench.stats import mean_interval
 
 # Each arm: the fields it sets. ``scratch`` is the same network from random weights, trained as
 # a whole at one rate; ``frozen`` is a linear probe.
@@ -66,26 +67,14 @@ class LabelEfficiency:
         return "\n".join(lines)
 
 
-def mean_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
-    """The mean and the half-width of its Student-t interval (0 for a single value)."""
-    from scipy import stats
-
-    data = np.asarray(values, dtype=float)
-    if len(data) < 2:
-        return float(data.mean()), 0.0
-    half = stats.t.ppf(0.5 + level / 2, len(data) - 1) * data.std(ddof=1) / math.sqrt(len(data))
-    return float(data.mean()), float(half)
-
-
 def variant(spec: ExperimentSpec, arm: str, labels: int | None, seed: int) -> ExperimentSpec:
     """``spec`` for one run: the arm's backbone fields, ``labels`` per class, ``seed``; the split
     stays the spec's."""
     raw = spec.to_dict()
-    split_seed = spec.data.split_seed if spec.data.split_seed is not None else spec.seed
     settings = {
         **ARMS[arm],
         "seed": seed,
-        "data.split_seed": split_seed,
+        "data.split_seed": spec.split_seed(),
         "data.labels_per_class": labels,
         "name": f"{spec.name}-{arm}-{labels or 'all'}-s{seed}",
     }

@@ -84,3 +84,55 @@ def image_grid(images, title: str = "", labels: Sequence[str] | None = None) -> 
         figure.suptitle(title, fontsize=9)
     figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.9 if title else 0.99)
     return figure
+
+
+def confirmation(
+    labels: Sequence[str],
+    values: Sequence[Sequence[float]],
+    intervals: Sequence[tuple[float, float]],
+    search_values: Sequence[float],
+    metric: str,
+    ax: Axes | None = None,
+) -> Figure:
+    """Confirmation over seeds: each configuration's score per seed (dots), its mean with the 95 %
+    interval (bar), and the single score that got it chosen in the search (star)."""
+    figure, ax = _axes(ax, size=(max(4.0, 1.4 * len(labels) + 2), 4))
+    rng = np.random.default_rng(0)  # a fixed jitter: the same figure on every draw
+    for x, (runs, (mean, half), chosen) in enumerate(
+        zip(values, intervals, search_values, strict=True)
+    ):
+        jitter = rng.uniform(-0.08, 0.08, len(runs))
+        ax.plot(x + jitter, runs, "o", color="tab:blue", alpha=0.6, label="seed" if x == 0 else "")
+        ax.errorbar(
+            x + 0.25, mean, yerr=half, fmt="s", color="black", capsize=5,
+            label="mean ± 95 % CI" if x == 0 else "",
+        )  # fmt: skip
+        ax.plot(x - 0.25, chosen, "*", color="tab:red", markersize=11,
+                label="search (one run)" if x == 0 else "")  # fmt: skip
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_ylabel(metric)
+    ax.set_title("confirmation over seeds (best confirmed mean first)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    return figure
+
+
+def reliability_diagram(bins: np.ndarray, ax: Axes | None = None) -> Figure:
+    """Accuracy against confidence per bin (rows of ``bins``: count, summed confidence, correct),
+    with the diagonal of perfect calibration and the expected calibration error in the title."""
+    count, confidence, correct = np.asarray(bins, dtype=float)
+    figure, ax = _axes(ax, size=(4.5, 4.5))
+    edges = np.linspace(0, 1, len(count) + 1)
+    filled = count > 0
+    accuracy = np.divide(correct, count, out=np.zeros_like(count), where=filled)
+    mean_confidence = np.divide(confidence, count, out=np.zeros_like(count), where=filled)
+    ax.bar(edges[:-1][filled], accuracy[filled], width=np.diff(edges)[filled], align="edge",
+           edgecolor="black", alpha=0.7, label="accuracy")  # fmt: skip
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    ax.plot(mean_confidence[filled], accuracy[filled], "o", color="tab:red", markersize=3,
+            label="mean confidence")  # fmt: skip
+    ece = float(np.sum(np.abs(correct - confidence)) / max(count.sum(), 1))
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
+    ax.set_title(f"test reliability (ECE {ece:.3f}, {int(count.sum())} rows)")
+    ax.legend(fontsize=8, loc="upper left")
+    return figure

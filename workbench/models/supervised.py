@@ -4,9 +4,12 @@ A subclass builds ``self.net`` (the plain network that export, explanation and c
 after calling ``super().__init__(num_classes, task)`` and ``self.save_hyperparameters()``;
 everything else (steps, epoch-end logging, AdamW with a cosine schedule) is here, once.
 
-``task="classification"``: cross-entropy; logs ``stage/loss``, ``stage/acc``, ``stage/f1`` and
-keeps a test confusion matrix. ``task="regression"``: mean squared error on one output; logs
-``stage/loss``, ``stage/mse``, ``stage/mae``.
+``task="classification"``: cross-entropy; logs ``stage/loss``, ``stage/acc``, ``stage/f1``; the
+test pass adds what a reviewer expects: ``test/class_K/{precision,recall,f1}`` per class,
+one-vs-rest ``test/auroc`` (macro), the expected calibration error ``test/ece`` (15 bins), a
+confusion matrix and the bins of a reliability diagram. ``task="regression"``: mean squared
+error on one output; logs ``stage/loss``, ``stage/mse``, ``stage/mae``, and ``test/rmse``,
+``test/r2``.
 """
 
 from __future__ import annotations
@@ -14,12 +17,19 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric, MetricCollection
+from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric, MetricCollection, R2Score
 from torchmetrics.classification import (
     MulticlassAccuracy,
+    MulticlassAUROC,
+    MulticlassCalibrationError,
     MulticlassConfusionMatrix,
     MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
 )
+
+CALIBRATION_BINS = 15
+PER_CLASS = "per_class_"  # a metric returning one value per class, logged as class_K/<name>
 
 TASKS = ("classification", "regression")
 
@@ -51,16 +61,58 @@ def running_mean() -> RunningMean:
     return RunningMean()
 
 
+class ReliabilityBins(Metric):
+    """The bins of a reliability diagram: per confidence bin (equal widths over [0, 1]), how many
+    predictions fell in it, the sum of their confidences and how many were right. The expected
+    calibration error is the rows-weighted gap between each bin's accuracy and confidence."""
+
+    full_state_update = False
+
+    def __init__(self, bins: int = CALIBRATION_BINS) -> None:
+        super().__init__()
+        self.bins = bins
+        for name in ("count", "confidence", "correct"):
+            self.add_state(name, default=torch.zeros(bins), dist_reduce_fx="sum")
+
+    def update(self, probabilities: torch.Tensor, targets: torch.Tensor) -> None:
+        confidence, predicted = probabilities.max(-1)
+        index = (confidence * self.bins).long().clamp(0, self.bins - 1)
+        self.count.index_add_(0, index, torch.ones_like(confidence))
+        self.confidence.index_add_(0, index, confidence)
+        self.correct.index_add_(0, index, (predicted == targets).to(confidence.dtype))
+
+    def compute(self) -> torch.Tensor:
+        """Rows: count, summed confidence, correct predictions; one column per bin."""
+        return torch.stack([self.count, self.confidence, self.correct])
+
+
 def stage_metrics(task: str, num_classes: int, stage: str) -> torch.nn.ModuleDict:
-    """Per-stage metric states, updated on the device and logged once per epoch."""
+    """Per-stage metric states, updated on the device and logged once per epoch; the test stage
+    adds the per-class, ranking and calibration metrics (computed once per run)."""
+    test = stage == "test"
     if task == "classification":
         # Inputs come from our own model: skipping validation saves a pass over every batch.
         scores = {
             "acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False),
             "f1": MulticlassF1Score(num_classes, average="macro", validate_args=False),
         }
+        if test:
+            scores |= {
+                "auroc": MulticlassAUROC(num_classes, average="macro"),
+                "ece": MulticlassCalibrationError(num_classes, n_bins=CALIBRATION_BINS),
+                **{
+                    f"{PER_CLASS}{name}": metric(num_classes, average=None, validate_args=False)
+                    for name, metric in (
+                        ("precision", MulticlassPrecision),
+                        ("recall", MulticlassRecall),
+                        ("f1", MulticlassF1Score),
+                    )
+                },
+            }
     else:
         scores = {"mse": MeanSquaredError(), "mae": MeanAbsoluteError()}
+        if test:
+            scores |= {"rmse": MeanSquaredError(squared=False), "r2": R2Score()}
     return torch.nn.ModuleDict(
         {"scores": MetricCollection(scores, prefix=f"{stage}/"), "loss": running_mean()}
     )
@@ -81,6 +133,7 @@ class SupervisedModule(pl.LightningModule):
         self.test_metrics = stage_metrics(task, num_classes, "test")
         if task == "classification":
             self.test_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
+            self.test_reliability = ReliabilityBins()
 
     @staticmethod
     def output_size(num_classes: int, task: str) -> int:
@@ -117,10 +170,14 @@ class SupervisedModule(pl.LightningModule):
         if loss is None:
             loss = self.loss(outputs, targets)
         metrics = getattr(self, f"{stage}_metrics")
-        metrics["scores"].update(outputs.detach(), targets)
+        scores = outputs.detach()
+        if self.task == "classification":
+            scores = scores.softmax(-1)  # probabilities: AUROC and calibration need them
+        metrics["scores"].update(scores, targets)
         metrics["loss"].update(loss.detach(), len(targets))
         if stage == "test" and self.task == "classification":
-            self.test_confusion.update(outputs.detach(), targets)
+            self.test_confusion.update(scores, targets)
+            self.test_reliability.update(scores, targets)
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -135,7 +192,14 @@ class SupervisedModule(pl.LightningModule):
     def _log_epoch(self, stage: str) -> None:
         """Compute the stage's epoch metrics (one host sync), log them, and reset their states."""
         metrics = getattr(self, f"{stage}_metrics")
-        self.log_dict({**metrics["scores"].compute(), f"{stage}/loss": metrics["loss"].compute()})
+        values = {f"{stage}/loss": metrics["loss"].compute()}
+        for name, value in metrics["scores"].compute().items():
+            if PER_CLASS in name:  # test/per_class_f1 → test/class_0/f1, test/class_1/f1, ...
+                metric = name.split(PER_CLASS)[1]
+                values |= {f"{stage}/class_{k}/{metric}": v for k, v in enumerate(value)}
+            else:
+                values[name] = value
+        self.log_dict(values)
         metrics["scores"].reset()
         metrics["loss"].reset()
 

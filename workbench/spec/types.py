@@ -159,6 +159,9 @@ class TrainerSpec:
     """``torch.compile`` mode: ``off``, ``default``, ``reduce-overhead``, ``max-autotune``."""
     progress_bar: bool = False
     """Lightning's per-epoch bar; off by default in studies, which show one bar over trials."""
+    deterministic: bool = False
+    """torch's deterministic algorithms (``Trainer(deterministic=True)``): the same machine gives
+    the same numbers on a rerun (``workbench reproduce``) at some cost in speed on a GPU."""
 
     def check(self) -> None:
         _require(self.max_epochs >= 1, "trainer.max_epochs", "must be >= 1")
@@ -207,6 +210,22 @@ class TrainerSpec:
 
 
 @dataclass
+class ConfirmSpec:
+    """After the search, the ``top_k`` best configurations are trained again with ``seeds`` fresh
+    seeds (initialisation and data order); the champion is the best confirmed mean validation
+    score. ``top_k: 0`` (the default) confirms nothing."""
+
+    top_k: int = 0
+    seeds: int = 3
+    resplit: bool = False
+    """Each seed also draws its own train/val/test split (off: the search's split is kept)."""
+
+    def check(self) -> None:
+        _require(self.top_k >= 0, "study.confirm.top_k", f"must be >= 0; got {self.top_k}")
+        _require(self.seeds >= 2, "study.confirm.seeds", f"must be >= 2; got {self.seeds}")
+
+
+@dataclass
 class StudySpec:
     trials: int = 10
     """Total finished trials (complete + pruned) the study aims for; a resume runs the rest."""
@@ -229,8 +248,11 @@ class StudySpec:
     allow_repeats: bool = False
     """Run a drawn configuration that a finished trial already ran (off: the trial is skipped,
     recorded PRUNED with the reason)."""
+    confirm: ConfirmSpec = field(default_factory=ConfirmSpec)
+    """Confirmation over seeds of the best configurations, after the search."""
 
     def check(self) -> None:
+        self.confirm.check()
         _require(self.trials >= 1, "study.trials", "must be >= 1")
         _require(self.workers >= 1, "study.workers", "must be >= 1")
         _require(self.heartbeat_s >= 1, "study.heartbeat_s", "must be >= 1")
@@ -355,6 +377,10 @@ class ExperimentSpec:
             part.check()
         for key, param in self.search_space.items():
             param.check(f"search_space.{key}")
+
+    def split_seed(self) -> int:
+        """The seed of the train/val/test split: ``data.split_seed``, else ``seed``."""
+        return self.seed if self.data.split_seed is None else self.data.split_seed
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -2,7 +2,8 @@
 
 ``run_study`` opens (or resumes) the study and its parent run, checked against each other
 (``recovery``), runs the missing trials in this process and its workers (``workers``), each trial
-an ``objective``, then registers and explains the champion (``summary``).
+an ``objective``, confirms the best configurations over seeds when the spec asks (``confirm``),
+then registers and explains the champion (``summary``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import optuna
 
 from workbench import tracking
 from workbench.spec import STUDY_REFERENCE, ExperimentSpec, SpecError, load_spec
-from workbench.study import recovery
+from workbench.study import confirm, recovery
 from workbench.study import workers as pool
 from workbench.study.config import make_pruner, make_sampler, storage_url
 from workbench.study.summary import StudyResult, finish_study, load_best_trial, load_trial
@@ -100,7 +101,17 @@ def run_study(
         print(f"\nstudy {spec.name!r} interrupted: finished trials are kept; re-run to resume")
         raise
     recovery.recover(study, store, parent)
-    result = finish_study(spec, study, store, parent, data)
+    confirmation = None
+    if spec.study.confirm.top_k > 0:
+        try:
+            confirmation = confirm.run(spec, study, storage, data, store, parent)
+        except KeyboardInterrupt:
+            tracking.end_run(
+                store, parent, "KILLED", "interrupted; re-run the same command to resume"
+            )
+            print(f"\nstudy {spec.name!r} interrupted while confirming: re-run to resume")
+            raise
+    result = finish_study(spec, study, store, parent, data, confirmation)
     tracking.end_run(store, parent, "FINISHED")
     return result
 

@@ -18,6 +18,11 @@ from workbench.study.liveness import WorkerLock
 from workbench.study.recovery import run_environment, run_tags
 
 FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+# A trial enqueued with these user attributes is another kind of run of a configuration (a
+# confirmation over seeds, a reproduction): its role, seed and split seed, extra run tags and
+# run name. Optuna copies them to the retry of a trial whose process died.
+RUN_ROLE, RUN_SEED, RUN_SPLIT = "workbench.role", "workbench.seed", "workbench.split_seed"
+RUN_TAGS, RUN_NAME = "workbench.tags", "workbench.run_name"
 KILLED = (optuna.TrialPruned,)  # a trial ended by these is KILLED in MLflow, not FAILED
 
 
@@ -49,15 +54,17 @@ class Objective:
         params = sample_params(self.spec.search_space, trial)
         model_params = {k: v for k, v in params.items() if "." not in k}
         spec = _with_dotted_params(self.spec, {k: v for k, v in params.items() if "." in k})
+        spec = _with_seed(spec, trial.user_attrs)  # a confirmation's or a reproduction's
         data = _data_for_trial(self.data, self.spec, spec)
 
         store = self.store
-        tags = run_tags(spec, data, study_role="trial", trial=trial.number)
+        role = trial.user_attrs.get(RUN_ROLE, "trial")
+        tags = run_tags(spec, data, study_role=role, trial=trial.number)
+        tags |= trial.user_attrs.get(RUN_TAGS, {})
+        name = trial.user_attrs.get(RUN_NAME, f"trial-{trial.number}")
         # The run closes itself: FINISHED, KILLED (pruned, a repeat, Ctrl-C) or FAILED, by how
         # the block ends.
-        with tracking.child_run(
-            store, self.parent, f"trial-{trial.number}", tags, KILLED
-        ) as run_id:
+        with tracking.child_run(store, self.parent, name, tags, KILLED) as run_id:
             trial.set_user_attr("mlflow_run_id", run_id)
             tracking.log_environment(store, run_id, run_environment(spec))
             repeated = _repeats(trial)
@@ -72,7 +79,7 @@ class Objective:
             tracking.log_params(store, run_id, _logged_params(model, params, spec, data))
             # The run id makes the folder unique: a checkpoint is never overwritten, whatever
             # happened to the stores before.
-            folder = store.root / "checkpoints" / spec.name / f"trial-{trial.number}-{run_id}"
+            folder = store.root / "checkpoints" / spec.name / f"{role}-{trial.number}-{run_id}"
             folder.mkdir(parents=True, exist_ok=False)
             started = time.perf_counter()
             result = fit(
@@ -90,12 +97,17 @@ class Objective:
             )
             _log_result(store, run_id, model, result, time.perf_counter() - started)
             if spec.tracking.log_models == "all":  # else the champion's, when the study ends
-                logged = log_trained(store, run_id, model, data, result.history, result.confusion)
+                logged = log_trained(
+                    store, run_id, model, data, result.history, result.confusion,
+                    result.reliability,
+                )  # fmt: skip
                 trial.set_user_attr("model_uri", logged)
         trial.set_user_attr("checkpoint", result.checkpoint)
         trial.set_user_attr("test_metrics", result.test_metrics)
         if result.confusion is not None:
             trial.set_user_attr("confusion", result.confusion.tolist())
+        if result.reliability is not None:
+            trial.set_user_attr("reliability", result.reliability.tolist())
         if spec.study.extra_objectives:
             extra = objective_values(model.net, data, spec.study.extra_objectives)
             trial.set_user_attr("objectives", extra)
@@ -156,9 +168,10 @@ def _log_result(store, run_id: str, model, result, fit_s: float) -> None:
     )
 
 
-def log_trained(store, run_id: str, model, data, history, confusion) -> str:
+def log_trained(store, run_id: str, model, data, history, confusion, reliability=None) -> str:
     """A trained model into its run: the network as an MLflow model (signature, input example),
-    its learning curves and, for a classifier, its test confusion matrix. Its model URI."""
+    its learning curves and, for a classifier, its test confusion matrix and reliability
+    diagram. Its model URI."""
     from workbench import plots
 
     model_uri = tracking.log_model(
@@ -169,6 +182,9 @@ def log_trained(store, run_id: str, model, data, history, confusion) -> str:
         tracking.log_figure(
             store, run_id, plots.confusion_matrix(confusion), "plots/confusion_matrix.png"
         )
+    if reliability is not None:
+        figure = plots.reliability_diagram(reliability)
+        tracking.log_figure(store, run_id, figure, "plots/reliability.png")
     return model_uri
 
 
@@ -198,9 +214,11 @@ def log_champion(spec: ExperimentSpec, trial, store, data) -> str | None:
     trial_spec = _with_dotted_params(spec, {k: v for k, v in trial.params.items() if "." in k})
     trial_data = _data_for_trial(data, spec, trial_spec)
     confusion = trial.user_attrs.get("confusion")
+    reliability = trial.user_attrs.get("reliability")
     history = tracking.run_history(store.tracking_uri, run_id)
     matrix = None if confusion is None else np.asarray(confusion)
-    return log_trained(store, run_id, module, trial_data, history, matrix)
+    bins = None if reliability is None else np.asarray(reliability)
+    return log_trained(store, run_id, module, trial_data, history, matrix, bins)
 
 
 def _repeats(trial: optuna.Trial) -> int | None:
@@ -253,14 +271,28 @@ def _with_dotted_params(spec: ExperimentSpec, dotted: dict[str, Any]) -> Experim
     return load_spec(raw)
 
 
+def _with_seed(spec: ExperimentSpec, attrs: dict[str, Any]) -> ExperimentSpec:
+    """``spec`` with the seed (and split seed) an enqueued trial carries, if any."""
+    if RUN_SEED not in attrs:
+        return spec
+    raw = spec.to_dict()
+    raw["seed"] = attrs[RUN_SEED]
+    if RUN_SPLIT in attrs:
+        raw["data"]["split_seed"] = attrs[RUN_SPLIT]
+    return load_spec(raw)
+
+
 def _data_for_trial(data, base: ExperimentSpec, spec: ExperimentSpec):
     """Share the loaded data between trials; a searched batch size needs no reload."""
     from workbench.train import data_from_spec
 
-    if spec.data == base.data:
+    if spec.data == base.data and spec.seed == base.seed:
         return data
-    if dataclasses.replace(spec.data, batch_size=base.data.batch_size) == base.data:
+    same_but_batches = dataclasses.replace(spec.data, batch_size=base.data.batch_size)
+    if same_but_batches == base.data and spec.seed == base.seed:
         shared = copy.copy(data)  # same tensors, other batch size
         shared.batch_size = spec.data.batch_size
         return shared
-    return data_from_spec(spec)
+    fresh = data_from_spec(spec)  # another split, or another seed: another batch order
+    fresh.setup()
+    return fresh

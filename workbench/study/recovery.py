@@ -129,24 +129,27 @@ def check_mlflow_side_exists(spec: ExperimentSpec, storage: optuna.storages.Base
         )
 
 
-def recover(study: optuna.Study, store: tracking.Store, parent: str) -> None:
-    """Close what dead processes left: their trials failed and retried, their runs closed."""
+def recover(study: optuna.Study, store: tracking.Store, parent: str, role: str = "trial") -> None:
+    """Close what dead processes left: their trials failed and retried, their runs (the child
+    runs of ``role``) closed."""
     import warnings
 
     fail_dead_trials(study, store.root)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # other hosts' workers, by heartbeat
-    reconcile_runs(store, study, parent)
+    reconcile_runs(store, study, parent, role)
 
 
-def reconcile_runs(store: tracking.Store, study: optuna.Study, parent: str) -> int:
+def reconcile_runs(
+    store: tracking.Store, study: optuna.Study, parent: str, role: str = "trial"
+) -> int:
     """Make each finished trial's MLflow run agree with its state; give a run to a trial that
     died before opening one. Runs of RUNNING trials belong to live workers and are left alone."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     seen, repaired = set(), 0
     for run in tracking.child_runs(store, parent):
-        if run.data.tags.get(tracking.ROLE) != "trial":
+        if run.data.tags.get(tracking.ROLE) != role:
             continue
         number = int(run.data.tags.get(tracking.TRIAL, -1))
         seen.add(number)
@@ -172,7 +175,7 @@ def reconcile_runs(store: tracking.Store, study: optuna.Study, parent: str) -> i
                 store,
                 f"trial-{number}",
                 {
-                    tracking.ROLE: "trial",
+                    tracking.ROLE: role,
                     tracking.STUDY: study.study_name,
                     tracking.TRIAL: str(number),
                 },
@@ -217,6 +220,7 @@ def run_tags(
         "seed": str(spec.seed),
         "data.name": spec.data.name,
         "data.fingerprint": data.fingerprint_,
+        "data.split_seed": str(spec.split_seed()),
         "model.name": spec.model.name,
     }
     if trial is not None:
@@ -227,8 +231,7 @@ def run_tags(
 def run_environment(spec: ExperimentSpec) -> dict[str, Any]:
     """This process's environment (read once per process), with the determinism the spec asks of
     its Trainer."""
-    # train.py builds every Trainer with deterministic=False while the spec has no such field.
-    return environment.capture(deterministic=bool(getattr(spec.trainer, "deterministic", False)))
+    return environment.capture(deterministic=spec.trainer.deterministic)
 
 
 def _commit_label(git: dict[str, Any]) -> str:

@@ -39,13 +39,31 @@ class StudyResult:
     pareto_trials: list[int] = field(default_factory=list)
     failures: dict[str, int] = field(default_factory=dict)
     """Why trials failed: each reason (from the trial's run) and how many trials it ended."""
+    confirmed: list[dict[str, Any]] = field(default_factory=list)
+    """With ``study.confirm``: each confirmed configuration (search trial, params, validation and
+    test metrics as ``<metric>_mean`` and ``<metric>_ci``), best confirmed mean first; the
+    champion (``best_trial``) is the first."""
+    optimism: float | None = None
+    """The search's best single validation score minus that configuration's confirmed mean."""
 
     def load_study(self) -> optuna.Study:
         return optuna.load_study(study_name=self.study_name, storage=self.storage_url)
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
-    """The best trial; for several objectives, the Pareto trial best on the first objective."""
+    """The champion: the configuration with the best confirmed mean when the study confirmed its
+    best configurations over seeds; else the best trial (for several objectives, the Pareto
+    trial best on the first objective)."""
+    from workbench.study.confirm import CHAMPION
+
+    champion = study.user_attrs.get(CHAMPION)
+    if champion is not None:
+        return study.trials[champion]
+    return searched_best(study)
+
+
+def searched_best(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """The trial with the best single score of the search."""
     if len(study.directions) == 1:
         return study.best_trial
     maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
@@ -59,6 +77,19 @@ def load_best_trial(spec: ExperimentSpec) -> optuna.trial.FrozenTrial:
     if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         raise LookupError(f"study {spec.name!r} has no completed trial")
     return best_trial(study)
+
+
+def study_of_run(name: str, tags: dict[str, str]) -> str:
+    """The Optuna study that holds the trial of a run of study ``name``: the search's, or its
+    confirmation's or a reproduction's (by the run's role)."""
+    from workbench.study import confirm, reproduce
+
+    role = tags.get(tracking.ROLE)
+    if role == "confirm":
+        return confirm.study_name(name)
+    if role == "reproduce":
+        return reproduce.study_name(name, tags[reproduce.REPRODUCES])
+    return name
 
 
 def load_trial(spec: ExperimentSpec, study_name: str, number: int) -> optuna.trial.FrozenTrial:
@@ -75,7 +106,7 @@ def study_cost(study: optuna.Study) -> dict[str, float]:
     trials = study.get_trials(deepcopy=False)
     finished = [t for t in trials if t.datetime_complete is not None and t.datetime_start]
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    best = best_trial(study) if complete else None
+    best = searched_best(study) if complete else None
     return {
         "trials": len(trials),
         "complete": len(complete),
@@ -89,9 +120,9 @@ def study_cost(study: optuna.Study) -> dict[str, float]:
 
 
 def finish_study(
-    spec, study: optuna.Study, store: tracking.Store, parent: str, data
+    spec, study: optuna.Study, store: tracking.Store, parent: str, data, confirmation=None
 ) -> StudyResult:
-    """Register the best model, log the study summary to the parent run, explain the best model."""
+    """Register the champion, log the study summary to the parent run, explain the champion."""
     trials = study.get_trials(deepcopy=False)
     count = {s: sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
     result = StudyResult(
@@ -125,6 +156,9 @@ def finish_study(
     result.best_run_id = best.user_attrs["mlflow_run_id"]
     result.model_uri = log_champion(spec, best, store, data)
     result.test_metrics = dict(best.user_attrs.get("test_metrics", {}))
+    if confirmation is not None:
+        result.confirmed = [c.summary(spec.study.metric) for c in confirmation.configs]
+        result.optimism = confirmation.optimism
     if len(study.directions) > 1:
         result.pareto_trials = sorted(t.number for t in study.best_trials)
         for trial in study.best_trials:  # every model on the front, as the champion

@@ -39,7 +39,7 @@ def optimize(
     n: int,
     count_running: bool = True,
 ) -> None:
-    claim = NextTrialClaim(Path(spec.tracking.root) / f".{spec.name}.claim.lock")
+    claim = NextTrialClaim(Path(spec.tracking.root) / f".{study.study_name}.claim.lock")
     stop_at_count = StopAtCount(spec.study.trials, count_running, claim)
     try:
         # The first trial is counted like every later one: a worker that starts late (a slow
@@ -120,12 +120,13 @@ def count(study: optuna.Study, state: optuna.trial.TrialState) -> int:
     return len(study.get_trials(deepcopy=False, states=(state,)))
 
 
-def start_worker(spec: ExperimentSpec, parent: str, index: int):
-    """A worker process on this machine, sharing the storage and the parent MLflow run."""
+def start_worker(spec: ExperimentSpec, parent: str, index: int, study_name: str | None = None):
+    """A worker process on this machine, sharing the storage and the parent MLflow run; it runs
+    trials of ``study_name`` (default: the spec's study)."""
     import multiprocessing
 
     process = multiprocessing.get_context("spawn").Process(
-        target=_worker_main, args=(spec.to_dict(), parent, index), daemon=False
+        target=_worker_main, args=(spec.to_dict(), parent, index, study_name), daemon=False
     )
     process.start()
     return process
@@ -146,7 +147,7 @@ def share_cores(workers: int):
         torch.set_num_threads(before)
 
 
-def _worker_main(raw_spec: dict, parent: str, index: int) -> None:
+def _worker_main(raw_spec: dict, parent: str, index: int, study_name: str | None) -> None:
     import signal
 
     import torch
@@ -158,7 +159,7 @@ def _worker_main(raw_spec: dict, parent: str, index: int) -> None:
 
     data = data_from_spec(spec)
     data.setup()
-    study = open_study(spec)
+    study = open_study(spec, name=study_name)
     store = tracking.open_store(
         spec.tracking.root, spec.tracking.experiment, spec.tracking.mlflow_uri
     )
@@ -192,11 +193,12 @@ def open_study_storage(spec: ExperimentSpec) -> optuna.storages.RDBStorage:
     return open_storage(storage_url(spec), spec.study.heartbeat_s, spec.study.retries)
 
 
-def open_study(spec: ExperimentSpec, storage=None) -> optuna.Study:
+def open_study(spec: ExperimentSpec, storage=None, name: str | None = None) -> optuna.Study:
+    """The spec's study (or study ``name`` run by the spec, e.g. its confirmation)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directions = [spec.study.direction, *spec.study.extra_objectives.values()]
     return optuna.create_study(
-        study_name=spec.name,
+        study_name=name or spec.name,
         storage=storage or open_study_storage(spec),
         sampler=make_sampler(spec),  # seeded per trial: processes and resumes never repeat
         pruner=make_pruner(spec),

@@ -133,6 +133,16 @@ def log_json(store: Store, run_id: str, data: Any, artifact_file: str) -> None:
     store.client.log_text(run_id, json.dumps(data, indent=2, default=str), artifact_file)
 
 
+def read_json(store: Store, run_id: str, artifact_file: str) -> Any:
+    """A JSON artifact of a run; None when the run has none."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = store.client.download_artifacts(run_id, artifact_file, tmp)
+        except Exception:  # MLflow raises several types for a missing artifact
+            return None
+        return json.loads(Path(path).read_text())
+
+
 def log_text(store: Store, run_id: str, text: str, artifact_file: str) -> None:
     store.client.log_text(run_id, text, artifact_file)
 

@@ -4,6 +4,8 @@ server), checked on opening: a corrupt file or a dead server is named, a fresh r
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +47,8 @@ def open_store(root: str | Path, experiment: str, tracking_uri: str | None = Non
     mlflow.set_tracking_uri(uri)
     try:
         with root_lock(root):
+            if uri.startswith("sqlite:///"):
+                new_sqlite_database(Path(uri.removeprefix("sqlite:///")))
             client = MlflowClient(uri)
             found = client.get_experiment_by_name(experiment)
             if found is None:
@@ -56,6 +60,29 @@ def open_store(root: str | Path, experiment: str, tracking_uri: str | None = Non
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise ConnectionError(f"{where}: cannot be opened: {first}") from exc
     return Store(root, uri, experiment_id)
+
+
+def new_sqlite_database(path: Path) -> None:
+    """Where no database is yet, MLflow's empty one, copied from a database migrated once per
+    process: MLflow runs its ~50 schema migrations for every new SQLite file (about 2 s), a copy
+    takes milliseconds. It is the database MLflow would create (the same schema version and
+    Default experiment), written under a temporary name and renamed."""
+    if path.is_file() and path.stat().st_size > 0:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_bytes(_empty_database())
+    os.replace(partial, path)
+
+
+@functools.cache
+def _empty_database() -> bytes:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "mlflow.db"
+        MlflowClient(f"sqlite:///{path}").search_experiments()  # creates and migrates it
+        return path.read_bytes()
 
 
 def check_sqlite_file(path: Path, kind: str) -> None:

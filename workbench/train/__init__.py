@@ -44,6 +44,8 @@ class FitResult:
     history: list[dict[str, float]]
     test_metrics: dict[str, float] = field(default_factory=dict)
     confusion: np.ndarray | None = None
+    reliability: np.ndarray | None = None
+    """Per confidence bin: count, summed confidence, correct (``ReliabilityBins``)."""
 
     @property
     def epochs(self) -> int:
@@ -167,7 +169,7 @@ def check_split(base: ExperimentSpec, spec: ExperimentSpec) -> None:
     def split(s: ExperimentSpec) -> dict[str, Any]:
         d = s.data
         return {
-            "data.split_seed": s.seed if d.split_seed is None else d.split_seed,
+            "data.split_seed": s.split_seed(),
             "data.val_fraction": d.val_fraction,
             "data.test_fraction": d.test_fraction,
             "data.max_samples": d.max_samples,
@@ -225,7 +227,7 @@ def build_trainer(
         enable_progress_bar=spec.progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        deterministic=False,
+        deterministic=spec.deterministic,
     )
     return trainer, checkpoint
 
@@ -286,7 +288,9 @@ def fit(
         result.test_metrics = {k: float(v) for k, v in scores[0].items()}
         if isinstance(model, CountsConfusion):
             result.confusion = model.test_confusion.compute().cpu().numpy()
+            result.reliability = model.test_reliability.compute().cpu().numpy()
             model.test_confusion.reset()
+            model.test_reliability.reset()
     return result
 
 

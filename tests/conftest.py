@@ -30,6 +30,7 @@ def tiny(root: Path, **extra: object) -> list[str]:
         "explain.shap_samples": 20,
         "explain.lime_samples": 50,
         "study.confirm.top_k": 0,  # no confirmation over seeds unless a test asks for it
+        "tracking.report": False,  # no HTML report either
         **extra,
     }
     return [f"{key}={value}" for key, value in settings.items()]

@@ -98,3 +98,54 @@ def test_dashboards_show_the_study_its_trials_and_runs(tiny_study, browser):
         browser.save_screenshot(str(SCREENSHOTS / "mlflow_trial_run.png"))
     for name in ("optuna_dashboard_studies", "optuna_dashboard_trials", "mlflow_runs"):
         assert (SCREENSHOTS / f"{name}.png").stat().st_size > 10_000  # a rendered page, not blank
+
+
+def test_the_study_report_opens_with_every_figure(tmp_path, browser):
+    """A study with confirmation and explanations writes its report; `workbench report` writes
+    it again; headless Chromium opens the file and every embedded figure has loaded."""
+    from selenium.webdriver.common.by import By
+
+    from tests.conftest import EXPERIMENTS, tiny
+    from workbench.cli import main
+    from workbench.study import run_study
+
+    root = tmp_path / "mlruns"
+    overrides = tiny(
+        root,
+        **{
+            "tracking.report": True,
+            "study.confirm": "{top_k: 2, seeds: 2}",
+            "study.pruner": "none",
+            "study.pruner_options": "{}",
+            "trainer.max_epochs": 2,
+        },
+    )
+    result = run_study(EXPERIMENTS / "mnist_cnn.yaml", trials=2, overrides=overrides)
+    report = root / "reports" / "mnist_cnn.html"
+    assert result.report == str(report) and report.is_file()
+    written = report.stat().st_mtime_ns
+    assert main(["report", "mnist_cnn", "--root", str(root)]) == 0
+    assert report.stat().st_mtime_ns > written  # written again, from the stores alone
+
+    browser.get(report.as_uri())
+    page = _wait_for_text(
+        browser,
+        ["study mnist_cnn", "Confirmation over seeds", "The search", "The champion",
+         "Explanations", "Environment", "The spec", "workbench reproduce"],
+    )  # fmt: skip
+    assert f"trial {result.best_trial}" in page and "± " in page
+    images = browser.find_elements(By.TAG_NAME, "img")
+    captions = {i.get_attribute("alt") for i in images}
+    expected = {
+        "per seed, mean ± CI, search score", "optimization history", "slice",
+        "expected best score against the number of trials", "learning curves",
+        "confusion matrix", "reliability", "shap", "lime",
+    }  # fmt: skip
+    assert expected <= captions, captions
+    loaded = browser.execute_script(
+        "return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)"
+    )
+    assert loaded and all(loaded)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(SCREENSHOTS / "study_report.png"))
+    assert (SCREENSHOTS / "study_report.png").stat().st_size > 10_000

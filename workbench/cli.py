@@ -149,8 +149,16 @@ def main(argv: list[str] | None = None) -> int:
     again.add_argument("--root", default="mlruns", help="the workbench store (default: mlruns)")
     again.add_argument("--experiment", default="workbench")
 
+    report = commands.add_parser(
+        "report", help="write a study's self-contained HTML report again, from the stores"
+    )
+    report.add_argument("study", help="the study's name")
+    report.add_argument("--root", default="mlruns", help="the workbench store (default: mlruns)")
+    report.add_argument("--experiment", default="workbench")
+
     args = parser.parse_args(argv)
     handlers = {
+        "report": _report,
         "reproduce": _reproduce,
         "label-efficiency": _label_efficiency,
         "lineage": _lineage,
@@ -215,6 +223,8 @@ def _study(args: argparse.Namespace) -> int:
             if result.registered_model
             else "registered model: none here (the champion was trained on another machine)"
         )
+    if result.report:
+        print(f"report:           {result.report}")
     print(f"MLflow UI:        mlflow ui --backend-store-uri {result.tracking_uri} --host 127.0.0.1")
     print(f"optuna-dashboard: optuna-dashboard {result.storage_url} --host 127.0.0.1")
     print(f"both at once:     workbench ui --root {root}")
@@ -299,6 +309,13 @@ def _lineage(args: argparse.Namespace) -> int:
     store = tracking.open_store(root, args.experiment)
     run_id = tracking.resolve_run_id(store, args.source)
     print(describe(lineage(store, run_id), store))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from workbench.study.report import report_of
+
+    print(f"report: {report_of(args.study, args.root, args.experiment)}")
     return 0
 
 

@@ -111,7 +111,7 @@ def confirmation(
                 label="search (one run)" if x == 0 else "")  # fmt: skip
     ax.set_xticks(range(len(labels)), labels)
     ax.set_ylabel(metric)
-    ax.set_title("confirmation over seeds (best confirmed mean first)")
+    ax.set_title("confirmation over seeds")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
     return figure
@@ -135,4 +135,21 @@ def reliability_diagram(bins: np.ndarray, ax: Axes | None = None) -> Figure:
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
     ax.set_title(f"test reliability (ECE {ece:.3f}, {int(count.sum())} rows)")
     ax.legend(fontsize=8, loc="upper left")
+    return figure
+
+
+def expected_best(
+    budgets: Sequence[int], expected: Sequence[float], found: Sequence[float], metric: str,
+    ax: Axes | None = None,
+) -> Figure:  # fmt: skip
+    """The expected best score against the number of trials (Dodge et al. 2019), with the best
+    score the search actually had after each trial."""
+    figure, ax = _axes(ax, size=(5.5, 4))
+    ax.plot(budgets, expected, "-", color="tab:blue", label="expected best of n trials")
+    ax.plot(range(1, len(found) + 1), found, "o", color="tab:red", markersize=3,
+            label="best so far (this search)")  # fmt: skip
+    ax.set(xlabel="trials (completed)", ylabel=metric)
+    ax.set_title("what a smaller or larger budget would find")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return figure

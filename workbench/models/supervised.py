@@ -98,8 +98,10 @@ def stage_metrics(task: str, num_classes: int, stage: str) -> torch.nn.ModuleDic
         }
         if test:
             scores |= {
-                "auroc": MulticlassAUROC(num_classes, average="macro"),
-                "ece": MulticlassCalibrationError(num_classes, n_bins=CALIBRATION_BINS),
+                "auroc": MulticlassAUROC(num_classes, average="macro", validate_args=False),
+                "ece": MulticlassCalibrationError(
+                    num_classes, n_bins=CALIBRATION_BINS, validate_args=False
+                ),
                 **{
                     f"{PER_CLASS}{name}": metric(num_classes, average=None, validate_args=False)
                     for name, metric in (

@@ -297,6 +297,10 @@ class TrackingSpec:
     """``best``: the champion's model and figures are logged into its run when the study ends
     (from its checkpoint), so a trial costs no model export; ``all``: every trial's, as it ends."""
 
+    report: bool = True
+    """Write the study's HTML report (``<root>/reports/<name>.html``, and ``report.html`` in its
+    parent run) when the study ends; ``workbench report NAME`` writes it at any time."""
+
     def check(self) -> None:
         _require(
             self.log_models in LOG_MODELS,

@@ -112,6 +112,10 @@ def run_study(
             print(f"\nstudy {spec.name!r} interrupted while confirming: re-run to resume")
             raise
     result = finish_study(spec, study, store, parent, data, confirmation)
+    if spec.tracking.report:
+        from workbench.study.report import write_report
+
+        result.report = str(write_report(spec, study, store, parent))
     tracking.end_run(store, parent, "FINISHED")
     return result
 

@@ -102,9 +102,13 @@ class Confirmed:
             "search_value": self.search_value, f"{metric}_mean": self.mean,
             f"{metric}_ci": self.half_width,
         }  # fmt: skip
-        for name in sorted({k for t in self.tests for k in t}):
+        for name in self.test_names():
             row[f"{name}_mean"], row[f"{name}_ci"] = self.test_interval(name)
         return row
+
+    def test_names(self) -> list[str]:
+        """The test metrics summarised: all but the per-class ones (``test/class_K/...``)."""
+        return sorted({k for t in self.tests for k in t if "/class_" not in k})
 
 
 @dataclass
@@ -230,7 +234,7 @@ def _log(spec: ExperimentSpec, confirmation: Confirmation, store, parent: str) -
         f"confirm/{metric.replace('/', '_')}_mean": champion.mean,
         f"confirm/{metric.replace('/', '_')}_ci": champion.half_width,
     }
-    for name in sorted({k for t in champion.tests for k in t}):
+    for name in champion.test_names():
         mean, half = champion.test_interval(name)
         values[f"confirm/{name.replace('/', '_')}_mean"] = mean
         values[f"confirm/{name.replace('/', '_')}_ci"] = half

@@ -45,6 +45,8 @@ class StudyResult:
     champion (``best_trial``) is the first."""
     optimism: float | None = None
     """The search's best single validation score minus that configuration's confirmed mean."""
+    report: str | None = None
+    """The study's HTML report (``tracking.report``)."""
 
     def load_study(self) -> optuna.Study:
         return optuna.load_study(study_name=self.study_name, storage=self.storage_url)

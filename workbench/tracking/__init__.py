@@ -143,6 +143,24 @@ def read_json(store: Store, run_id: str, artifact_file: str) -> Any:
         return json.loads(Path(path).read_text())
 
 
+def run_metrics(store: Store, run_id: str) -> dict[str, float]:
+    """A run's latest value of each metric."""
+    return dict(store.client.get_run(run_id).data.metrics)
+
+
+def read_artifacts(store: Store, run_id: str, folder: str, suffix: str = "") -> dict[str, bytes]:
+    """The bytes of each artifact of a run directly under ``folder`` ("" for the run's root)
+    whose path ends with ``suffix``, by artifact path."""
+    files = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for info in store.client.list_artifacts(run_id, folder or None):
+            if info.is_dir or not info.path.endswith(suffix):
+                continue
+            path = store.client.download_artifacts(run_id, info.path, tmp)
+            files[info.path] = Path(path).read_bytes()
+    return files
+
+
 def log_text(store: Store, run_id: str, text: str, artifact_file: str) -> None:
     store.client.log_text(run_id, text, artifact_file)
 

@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import EXPERIMENTS, tiny
 from tests.test_faults import DRIVER
+from workbench.results import markdown, results, verdict
 from workbench.spec import SpecError, load_spec
 from workbench.study import run_study
 from workbench.study.confirm import CONFIG, SEED, study_name
@@ -51,10 +52,16 @@ def _confirm_runs(client: MlflowClient, parent: str) -> list:
 
 
 @pytest.mark.parametrize(
-    ("setting", "field"), [("study.confirm.seeds=1", "seeds"), ("study.confirm.top_k=-1", "top_k")]
+    ("setting", "field"),
+    [
+        ("study.confirm.seeds=1", r"study\.confirm\.seeds"),
+        ("study.confirm.top_k=-1", r"study\.confirm\.top_k"),
+        ("study.target={metric: test/acc}", r"study\.target"),
+        ("study.target={at_least: 0.9}", r"study\.target\.metric"),
+    ],
 )
 def test_bad_confirm_settings_name_the_field(setting: str, field: str):
-    with pytest.raises(SpecError, match=rf"study\.confirm\.{field}"):
+    with pytest.raises(SpecError, match=field):
         load_spec(SPEC, [setting])
 
 
@@ -120,6 +127,30 @@ def test_a_lucky_single_trial_loses_the_champion_to_the_steadier_configuration(t
     again = run_study(confirmed, trials=2)  # a rerun trains nothing and counts nothing twice
     assert again.confirmed == result.confirmed and again.best_trial == 0
     assert len(_confirm_runs(client, result.parent_run_id)) == 4
+
+    # The results table reads the champion's confirmed interval from the store.
+    (row,) = results(root)
+    assert (row.study, row.metric, row.seeds) == ("mnist_cnn", "test/acc", 2)
+    assert row.mean == pytest.approx(good["test/acc_mean"])
+    assert row.half_width == pytest.approx(good["test/acc_ci"])
+    assert f"**{row.mean:.4f} ± {row.half_width:.4f}** (2 seeds)" in markdown([row])
+    assert row.verdict == "no target"
+
+
+@pytest.mark.parametrize(
+    ("mean", "half", "seeds", "bound", "expected"),
+    [
+        (0.97, 0.01, 3, {"at_least": 0.95}, "meets"),  # [0.96, 0.98] ≥ 0.95
+        (0.96, 0.02, 3, {"at_least": 0.95}, "inconclusive"),  # [0.94, 0.98] spans it
+        (0.93, 0.01, 3, {"at_least": 0.95}, "below target"),  # [0.92, 0.94] < 0.95
+        (0.004, 0.001, 5, {"at_most": 0.01}, "meets"),  # an error bound: [0.003, 0.005]
+        (0.02, 0.005, 5, {"at_most": 0.01}, "below target"),  # [0.015, 0.025] > 0.01
+        (0.99, 0.0, 1, {"at_least": 0.95}, "single run: not confirmed"),
+        (0.99, 0.0, 3, {}, "no target"),
+    ],
+)
+def test_the_verdict_is_where_the_interval_lies(mean, half, seeds, bound, expected):
+    assert verdict(mean, half, seeds, **bound) == expected
 
 
 @pytest.mark.slow

@@ -79,6 +79,13 @@ def test_quickstart_runs_on_every_family(case: str, tmp_path: Path):
 
     text = _text(cells)
     assert "searched: " in text
+    report = root / "reports" / f"{Path(spec_file).stem}.html"
+    assert f"{report}" in text and report.is_file()  # the report, written and shown inline
+    frames = [
+        "".join(o["data"]["text/html"]) for c in cells for o in c.get("outputs", [])
+        if "text/html" in o.get("data", {}) and "<iframe srcdoc=" in "".join(o["data"]["text/html"])
+    ]  # fmt: skip
+    assert len(frames) == 1 and "data:image/png;base64," in frames[0]
     study = optuna.load_study(
         study_name=Path(spec_file).stem, storage=f"sqlite:///{root}/optuna.db"
     )

@@ -28,6 +28,8 @@ _EXPORTS = {
     "explain_model": "workbench.explain",
     "load_network": "workbench.tracking",
     "trained": "workbench.trained_model",
+    "report_of": "workbench.study.report",
+    "show_report": "workbench.study.report",
     "TrainedModel": "workbench.trained_model",
 }
 
@@ -44,6 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from workbench.spec import ExperimentSpec, SpecError, load_spec
     from workbench.study import StudyResult, run_study
+    from workbench.study.report import report_of, show_report
     from workbench.tracking import load_network
     from workbench.train import data_from_spec, fit
     from workbench.trained_model import TrainedModel, trained

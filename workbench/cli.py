@@ -156,8 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--root", default="mlruns", help="the workbench store (default: mlruns)")
     report.add_argument("--experiment", default="workbench")
 
+    table = commands.add_parser(
+        "results", help="the results table (Markdown): each study's confirmed result and target"
+    )
+    table.add_argument("--root", default="mlruns", help="the workbench store (default: mlruns)")
+    table.add_argument("--experiment", default="workbench")
+
     args = parser.parse_args(argv)
     handlers = {
+        "results": _results,
         "report": _report,
         "reproduce": _reproduce,
         "label-efficiency": _label_efficiency,
@@ -212,9 +219,12 @@ def _study(args: argparse.Namespace) -> int:
             f"best trial {result.best_trial}: {spec.study.metric} = {result.best_value:.4f}, "
             f"params {result.best_params}"
         )
+        overall = {k: v for k, v in result.test_metrics.items() if "/class_" not in k}
+        per_class = len(result.test_metrics) - len(overall)
         print(
             "best test metrics: "
-            + ", ".join(f"{k} = {v:.4f}" for k, v in sorted(result.test_metrics.items()))
+            + ", ".join(f"{k} = {v:.4f}" for k, v in sorted(overall.items()))
+            + (f" (and {per_class} per-class metrics in its run)" if per_class else "")
         )
         _print_confirmed(result, spec.study.metric)
         print(
@@ -309,6 +319,13 @@ def _lineage(args: argparse.Namespace) -> int:
     store = tracking.open_store(root, args.experiment)
     run_id = tracking.resolve_run_id(store, args.source)
     print(describe(lineage(store, run_id), store))
+    return 0
+
+
+def _results(args: argparse.Namespace) -> int:
+    from workbench.results import markdown, results
+
+    print(markdown(results(args.root, args.experiment)))
     return 0
 
 

@@ -226,6 +226,29 @@ class ConfirmSpec:
 
 
 @dataclass
+class TargetSpec:
+    """What the study's result should reach, e.g. ``{metric: test/acc, at_least: 0.98}``; the
+    results table (``workbench results``) says whether the confirmed interval reaches it."""
+
+    metric: str | None = None
+    at_least: float | None = None
+    at_most: float | None = None
+
+    def check(self) -> None:
+        if self.metric is None:
+            _require(
+                self.at_least is None and self.at_most is None,
+                "study.target.metric", "a bound needs the metric it bounds",
+            )  # fmt: skip
+            return
+        _require("/" in self.metric, "study.target.metric", "reads 'stage/metric'")
+        _require(
+            (self.at_least is None) != (self.at_most is None),
+            "study.target", "give exactly one of at_least, at_most",
+        )  # fmt: skip
+
+
+@dataclass
 class StudySpec:
     trials: int = 10
     """Total finished trials (complete + pruned) the study aims for; a resume runs the rest."""
@@ -250,9 +273,12 @@ class StudySpec:
     recorded PRUNED with the reason)."""
     confirm: ConfirmSpec = field(default_factory=ConfirmSpec)
     """Confirmation over seeds of the best configurations, after the search."""
+    target: TargetSpec = field(default_factory=TargetSpec)
+    """What the result should reach (reported by ``workbench results``)."""
 
     def check(self) -> None:
         self.confirm.check()
+        self.target.check()
         _require(self.trials >= 1, "study.trials", "must be >= 1")
         _require(self.workers >= 1, "study.workers", "must be >= 1")
         _require(self.heartbeat_s >= 1, "study.heartbeat_s", "must be >= 1")

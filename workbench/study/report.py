@@ -55,6 +55,18 @@ def report_of(name: str, root: str | Path = "mlruns", experiment: str = "workben
     return write_report(spec, study, store, parent)
 
 
+def show_report(path: str | Path):
+    """A report inline in a notebook: an iframe holding the file's page, so that its styles stay
+    inside it."""
+    from IPython.display import HTML
+
+    page = Path(path).read_text(encoding="utf-8")
+    return HTML(
+        f'<iframe srcdoc="{html.escape(page, quote=True)}" '
+        'style="width: 100%; height: 720px; border: 1px solid #ddd"></iframe>'
+    )
+
+
 def write_report(spec: ExperimentSpec, study: optuna.Study, store, parent: str) -> Path:
     """Write the study's report under ``<root>/reports/`` and log it to the parent run; its path."""
     from workbench.study.summary import best_trial

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from workbench import tracking
 from workbench.spec import ExperimentSpec, load_spec
 from workbench.study.config import make_pruner, make_sampler, open_storage, storage_url
-from workbench.study.objective import FINISHED_STATES, Objective
+from workbench.study.objective import FINISHED_STATES, RUN_NAME, Objective
 
 
 def cap_workers(spec: ExperimentSpec, remaining: int) -> ExperimentSpec:
@@ -180,8 +180,9 @@ def stop_workers(helpers) -> None:
 
 def report_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     value = ", ".join(f"{v:.4f}" for v in trial.values) if trial.values else "-"
+    label = trial.user_attrs.get(RUN_NAME, f"trial {trial.number:3d}")  # or a confirmation's
     tqdm.write(
-        f"trial {trial.number:3d} {trial.state.name:8s} value={value}  "
+        f"{label} {trial.state.name:8s} value={value}  "
         + " ".join(
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()
         )

@@ -17,6 +17,7 @@ SCRIPTS = [
     "explain_speed.py",
     "study_efficiency.py",
     "workers.py",
+    "fixed_costs.py",
 ]
 
 if __name__ == "__main__":

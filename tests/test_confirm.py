@@ -57,7 +57,7 @@ def _confirm_runs(client: MlflowClient, parent: str) -> list:
         ("study.confirm.seeds=1", r"study\.confirm\.seeds"),
         ("study.confirm.top_k=-1", r"study\.confirm\.top_k"),
         ("study.target={metric: test/acc}", r"study\.target"),
-        ("study.target={at_least: 0.9}", r"study\.target\.metric"),
+        ("study.target={at_least: 0.9}", r"study\.target\.at_least"),
     ],
 )
 def test_bad_confirm_settings_name_the_field(setting: str, field: str):

@@ -236,10 +236,11 @@ class TargetSpec:
 
     def check(self) -> None:
         if self.metric is None:
-            _require(
-                self.at_least is None and self.at_most is None,
-                "study.target.metric", "a bound needs the metric it bounds",
-            )  # fmt: skip
+            for name in ("at_least", "at_most"):
+                _require(
+                    getattr(self, name) is None,
+                    f"study.target.{name}", "a bound needs study.target.metric",
+                )  # fmt: skip
             return
         _require("/" in self.metric, "study.target.metric", "reads 'stage/metric'")
         _require(

@@ -68,7 +68,8 @@ def test_bad_confirm_settings_name_the_field(setting: str, field: str):
 def test_a_lucky_single_trial_loses_the_champion_to_the_steadier_configuration(tmp_path: Path):
     """A constructed study: trial 0 trained for real with the good learning rate; trial 1 holds
     the learning rate that learns nothing with a lucky recorded score of 0.99, the best of the
-    search. Confirming both over two fresh seeds gives the alias to trial 0's configuration."""
+    search. Confirming both over two fresh seeds, in two worker processes, gives the alias to
+    trial 0's configuration."""
     root = tmp_path / "mlruns"
     spec = load_spec(SPEC, _overrides(root))
     storage = f"sqlite:///{root}/optuna.db"
@@ -87,7 +88,7 @@ def test_a_lucky_single_trial_loses_the_champion_to_the_steadier_configuration(t
     )
     study.add_trial(lucky)
     confirmed = load_spec(SPEC, _overrides(root, **{"study.confirm": "{top_k: 2, seeds: 2}"}))
-    result = run_study(confirmed, trials=2)
+    result = run_study(confirmed, trials=2, workers=2)  # confirmations shared by two processes
 
     assert result.best_trial == 0  # not trial 1, the best single score
     assert [row["trial"] for row in result.confirmed] == [0, 1]

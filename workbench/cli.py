@@ -133,34 +133,33 @@ def main(argv: list[str] | None = None) -> int:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE"
     )
 
-    lineage = commands.add_parser(
-        "lineage", help="the chain of runs and models a fine-tuned model came from"
-    )
-    lineage.add_argument("source", help="a run id or a models:/ URI")
-    lineage.add_argument("--root", default="mlruns", help="the workbench store (default: mlruns)")
-    lineage.add_argument("--experiment", default="workbench")
+    def store_command(name: str, help: str, *positional: tuple[str, str]):
+        """A command that reads the workbench store: its positionals, --root, --experiment."""
+        command = commands.add_parser(name, help=help)
+        for argument, text in positional:
+            command.add_argument(argument, help=text)
+        command.add_argument(
+            "--root", default="mlruns", help="the workbench store (default: mlruns)"
+        )
+        command.add_argument("--experiment", default="workbench")
 
-    again = commands.add_parser(
+    store_command(
+        "lineage", "the chain of runs and models a fine-tuned model came from",
+        ("source", "a run id or a models:/ URI"),
+    )  # fmt: skip
+    store_command(
         "reproduce",
-        help="train a finished trial again from what its run recorded; compare and list "
-        "every recorded difference",
+        "train a finished trial again from what its run recorded; compare and list every "
+        "recorded difference",
+        ("run_id", "the MLflow run id of a trial (or a confirmation)"),
+    )  # fmt: skip
+    store_command(
+        "report", "write a study's self-contained HTML report again, from the stores",
+        ("study", "the study's name"),
+    )  # fmt: skip
+    store_command(
+        "results", "the results table (Markdown): each study's confirmed result and target"
     )
-    again.add_argument("run_id", help="the MLflow run id of a trial (or a confirmation)")
-    again.add_argument("--root", default="mlruns", help="the workbench store (default: mlruns)")
-    again.add_argument("--experiment", default="workbench")
-
-    report = commands.add_parser(
-        "report", help="write a study's self-contained HTML report again, from the stores"
-    )
-    report.add_argument("study", help="the study's name")
-    report.add_argument("--root", default="mlruns", help="the workbench store (default: mlruns)")
-    report.add_argument("--experiment", default="workbench")
-
-    table = commands.add_parser(
-        "results", help="the results table (Markdown): each study's confirmed result and target"
-    )
-    table.add_argument("--root", default="mlruns", help="the workbench store (default: mlruns)")
-    table.add_argument("--experiment", default="workbench")
 
     args = parser.parse_args(argv)
     handlers = {

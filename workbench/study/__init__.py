@@ -76,15 +76,15 @@ def run_study(
     done = pool.finished(study)
     waiting = pool.count(study, optuna.trial.TrialState.WAITING)  # dead workers' retries
     remaining = max(spec.study.trials - done, waiting)
-    spec = pool.cap_workers(spec, remaining)
-    on = f" on {spec.study.workers} workers" if spec.study.workers > 1 else ""
+    search = pool.cap_workers(spec, remaining)  # confirmations are capped by their own count
+    on = f" on {search.study.workers} workers" if search.study.workers > 1 else ""
     print(f"study {spec.name!r}: {done} trials finished, running {max(remaining, 0)} more{on}")
     helpers = []
     try:
         if remaining > 0:
-            helpers = [pool.start_worker(spec, parent, i) for i in range(1, spec.study.workers)]
-            with pool.share_cores(spec.study.workers):
-                pool.optimize(spec, study, data, store, parent, remaining)
+            helpers = [pool.start_worker(search, parent, i) for i in range(1, search.study.workers)]
+            with pool.share_cores(search.study.workers):
+                pool.optimize(search, study, data, store, parent, remaining)
             for helper in helpers:
                 helper.join()
             if any(helper.exitcode != 0 for helper in helpers):
@@ -94,7 +94,7 @@ def run_study(
             recovery.recover(study, store, parent)
             retries = pool.count(study, optuna.trial.TrialState.WAITING)
             if retries > 0:
-                pool.optimize(spec, study, data, store, parent, retries, count_running=False)
+                pool.optimize(search, study, data, store, parent, retries, count_running=False)
     except KeyboardInterrupt:
         pool.stop_workers(helpers)
         tracking.end_run(store, parent, "KILLED", "interrupted; re-run the same command to resume")

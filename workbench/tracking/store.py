@@ -86,15 +86,26 @@ def _empty_database() -> bytes:
 
 
 def check_sqlite_file(path: Path, kind: str) -> None:
-    """A file that exists must be an SQLite database (a truncated or foreign file is named)."""
+    """A file that exists must be an SQLite database (a truncated or foreign file is named).
+
+    SQLite itself reads it: a plain ``open()``/``close()`` of a database file drops every POSIX
+    lock this process holds on it, so another process could take the file for unused and
+    delete its WAL under this process's open connections ("disk I/O error")."""
+    import sqlite3
+
     if path.is_file() and path.stat().st_size > 0:
-        with open(path, "rb") as handle:
-            header = handle.read(16)
-        if header != b"SQLite format 3\x00":
+        # Read-only, so that closing it never checkpoints the WAL: the file stays byte-identical.
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        try:
+            with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=60)) as connection:
+                connection.execute("PRAGMA schema_version").fetchone()
+        except sqlite3.DatabaseError as exc:
+            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_NOTADB:
+                return  # not readable read-only (e.g. a WAL file without its index): opened later
             raise ConnectionError(
-                f"{path}: not an SQLite database (the {kind} store is corrupt or was replaced); "
-                "restore it from a backup or point tracking.root elsewhere"
-            )
+                f"{path}: not an SQLite database (the {kind} store is corrupt or was replaced: "
+                f"{exc}); restore it from a backup or point tracking.root elsewhere"
+            ) from exc
 
 
 def _check_server(uri: str, timeout_s: float = 10) -> None:

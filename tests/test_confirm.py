@@ -5,6 +5,7 @@ anything twice."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -19,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import EXPERIMENTS, tiny
 from tests.test_faults import DRIVER
+from workbench.cli import main
 from workbench.results import markdown, results, verdict
 from workbench.spec import SpecError, load_spec
 from workbench.study import run_study
@@ -136,6 +138,10 @@ def test_a_lucky_single_trial_loses_the_champion_to_the_steadier_configuration(t
     assert row.half_width == pytest.approx(good["test/acc_ci"])
     assert f"**{row.mean:.4f} ± {row.half_width:.4f}** (2 seeds)" in markdown([row])
     assert row.verdict == "no target"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["results", "--root", str(root)]) == 0
+    assert printed.getvalue().strip() == markdown([row])
 
 
 @pytest.mark.parametrize(

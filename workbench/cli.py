@@ -195,7 +195,10 @@ def _print_confirmed(result, metric: str) -> None:
         scores = "  ".join(f"{n} {row[f'{n}_mean']:.4f} ± {row[f'{n}_ci']:.4f}" for n in names)
         print(f"  trial {row['trial']:3d} ({row['n']} seeds)  {scores}  (search: "
               f"{row['search_value']:.4f})")  # fmt: skip
-    print(f"optimism of the search: {result.optimism:+.4f} (best single {metric} minus its mean)")
+    print(
+        f"optimism of the search: {result.optimism:+.4f} (how much better its best single "
+        f"{metric} was than that configuration's confirmed mean)"
+    )
 
 
 def _study(args: argparse.Namespace) -> int:

@@ -194,9 +194,9 @@ def run(spec: ExperimentSpec, study: optuna.Study, storage, data, store, parent:
     if waiting:
         confirm_spec = pool.cap_workers(confirm_spec, waiting)
         workers = confirm_spec.study.workers
+        which = "the best configuration" if len(configs) == 1 else f"the top {len(configs)}"
         print(
-            f"confirming the top {len(configs)} configurations over "
-            f"{spec.study.confirm.seeds} seeds: {waiting} runs"
+            f"confirming {which} over {spec.study.confirm.seeds} fresh seeds: {waiting} runs"
             + (f" on {workers} workers" if workers > 1 else "")
         )
         helpers = [

@@ -60,3 +60,14 @@ def test_regression_metrics_by_hand():
     assert scores["test/rmse"] == pytest.approx(0.5**0.5)
     assert scores["test/mae"] == pytest.approx(0.5)
     assert scores["test/r2"] == pytest.approx(1 - 2 / 6.75)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_reliability_bins_take_probabilities_of_any_precision(dtype):
+    from workbench.models.supervised import ReliabilityBins
+
+    bins = ReliabilityBins()
+    bins.update(torch.tensor([[0.9, 0.1], [0.3, 0.7]], dtype=dtype), torch.tensor([0, 0]))
+    count, confidence, correct = bins.compute()
+    assert count.sum() == 2 and correct.sum() == 1
+    assert float(confidence.sum()) == pytest.approx(1.6, abs=1e-2)

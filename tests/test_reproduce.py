@@ -87,6 +87,11 @@ def test_a_recorded_commit_or_package_that_differs_is_named(study):
     assert "identical metrics" in out  # the fake changed the record, not the computation
     assert f"git commit: {'0' * 40} → {real_commit}" in out
     assert f"package torch: 0.0.1 → {real_torch}" in out
+    # Reproducing another run leaves the first reproduction's run as it was.
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    reproductions = client.search_runs(experiments, "tags.`workbench.role` = 'reproduce'")
+    assert len(reproductions) == 2
+    assert all(r.info.status == "FINISHED" for r in reproductions)
 
 
 def test_runs_that_cannot_be_reproduced_are_refused_naming_the_id(study, tmp_path: Path):

@@ -199,6 +199,11 @@ def _from_run(store, run_id: str, overrides, data=None) -> TrainedModel:
         raise LookupError(f"run id {run_id!r}: a {role} run, not a trial: it has no logged model")
     raw = tracking.run_spec(store, run_id)
     raw.setdefault("tracking", {})["root"] = str(store.root)
+    if tags.get(tracking.ROLE) != "trial" and "seed" in tags:  # a confirmation's own seed
+        raw["seed"] = int(tags["seed"])
+        split = tags.get("data.split_seed")
+        if split is not None and split != tags["seed"]:  # the search's split, kept
+            raw.setdefault("data", {})["split_seed"] = int(split)
     spec = load_spec(raw, overrides)
     name = study_of_run(tags[tracking.STUDY], tags)
     trial = load_trial(spec, name, int(tags[tracking.TRIAL]))

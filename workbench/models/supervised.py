@@ -76,10 +76,11 @@ class ReliabilityBins(Metric):
 
     def update(self, probabilities: torch.Tensor, targets: torch.Tensor) -> None:
         confidence, predicted = probabilities.max(-1)
+        confidence = confidence.to(self.count.dtype)  # bf16/f16/f64 probabilities, f32 bins
         index = (confidence * self.bins).long().clamp(0, self.bins - 1)
         self.count.index_add_(0, index, torch.ones_like(confidence))
         self.confidence.index_add_(0, index, confidence)
-        self.correct.index_add_(0, index, (predicted == targets).to(confidence.dtype))
+        self.correct.index_add_(0, index, (predicted == targets).to(self.count.dtype))
 
     def compute(self) -> torch.Tensor:
         """Rows: count, summed confidence, correct predictions; one column per bin."""

@@ -102,6 +102,7 @@ def run_study(
         raise
     recovery.recover(study, store, parent)
     confirmation = None
+    study.set_user_attr(confirm.CHAMPION, None)  # set again below when confirmation chooses
     if spec.study.confirm.top_k > 0:
         try:
             confirmation = confirm.run(spec, study, storage, data, store, parent)

@@ -40,10 +40,10 @@ def seeds(spec: ExperimentSpec) -> list[int]:
     return [spec.seed + 1 + i for i in range(spec.study.confirm.seeds)]
 
 
-def of_trial(trial) -> tuple[int, int]:
-    """(search trial, seed) of a confirmation trial."""
-    tags = trial.user_attrs[RUN_TAGS]
-    return int(tags[CONFIG]), int(tags[SEED])
+def of_trial(trial) -> tuple[int, int] | None:
+    """(search trial, seed) of a confirmation trial; None for anything else."""
+    tags = trial.user_attrs.get(RUN_TAGS) or {}
+    return (int(tags[CONFIG]), int(tags[SEED])) if CONFIG in tags else None
 
 
 def attributes(spec: ExperimentSpec, config: int, seed: int, data) -> dict[str, Any]:
@@ -55,8 +55,8 @@ def attributes(spec: ExperimentSpec, config: int, seed: int, data) -> dict[str, 
         RUN_ROLE: "confirm", RUN_SEED: seed, RUN_NAME: f"confirm-trial-{config}-seed-{seed}",
         RUN_TAGS: {CONFIG: str(config), SEED: str(seed)},
     }  # fmt: skip
-    if not spec.study.confirm.resplit and hasattr(data, "split_seed"):
-        attrs[RUN_SPLIT] = spec.split_seed()
+    if hasattr(data, "split_seed"):  # the search's split, or (resplit) the seed's own
+        attrs[RUN_SPLIT] = seed if spec.study.confirm.resplit else spec.split_seed()
     return attrs
 
 
@@ -161,6 +161,8 @@ def collect(study: optuna.Study, confirm_study: optuna.Study, spec: ExperimentSp
     top = top_configurations(study, spec)
     found = {t.number: Confirmed(t.number, dict(t.params), t.values[0]) for t in top}
     for trial in confirm_study.get_trials(deepcopy=False, states=(COMPLETE,)):
+        if of_trial(trial) is None:
+            continue
         number, seed = of_trial(trial)
         entry = found.get(number)
         if entry is None or seed in entry.seeds:
@@ -169,7 +171,13 @@ def collect(study: optuna.Study, confirm_study: optuna.Study, spec: ExperimentSp
         entry.values.append(trial.values[0])
         entry.tests.append(dict(trial.user_attrs.get("test_metrics", {})))
         entry.run_ids.append(trial.user_attrs["mlflow_run_id"])
-    ranked = sorted((c for c in found.values() if c.values), key=lambda c: c.mean, reverse=maximize)
+    # Configurations with every seed first: one lucky surviving seed must not win.
+    full, sign = spec.study.confirm.seeds, (1 if maximize else -1)
+    ranked = sorted(
+        (c for c in found.values() if c.values),
+        key=lambda c: (len(c.values) >= full, sign * c.mean),
+        reverse=True,
+    )
     if not ranked:
         return None
     best = found[top[0].number]  # the search's best single score
@@ -205,7 +213,9 @@ def run(spec: ExperimentSpec, study: optuna.Study, storage, data, store, parent:
         ]
         try:
             with pool.share_cores(workers):
-                pool.optimize(confirm_spec, confirm_study, data, store, parent, waiting)
+                pool.optimize(
+                    confirm_spec, confirm_study, data, store, parent, waiting, queued_only=True
+                )
         except KeyboardInterrupt:
             pool.stop_workers(helpers)
             raise

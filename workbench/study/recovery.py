@@ -129,20 +129,26 @@ def check_mlflow_side_exists(spec: ExperimentSpec, storage: optuna.storages.Base
         )
 
 
-def recover(study: optuna.Study, store: tracking.Store, parent: str, role: str = "trial") -> None:
+def recover(
+    study: optuna.Study, store: tracking.Store, parent: str, role: str = "trial", **tags: str
+) -> None:
     """Close what dead processes left: their trials failed and retried, their runs (the child
-    runs of ``role``) closed."""
+    runs of ``role`` that carry ``tags``) closed."""
     import warnings
 
     fail_dead_trials(study, store.root)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # other hosts' workers, by heartbeat
-    reconcile_runs(store, study, parent, role)
+    reconcile_runs(store, study, parent, role, tags)
 
 
 def reconcile_runs(
-    store: tracking.Store, study: optuna.Study, parent: str, role: str = "trial"
+    store: tracking.Store,
+    study: optuna.Study,
+    parent: str,
+    role: str = "trial",
+    tags: dict[str, str] | None = None,
 ) -> int:
     """Make each finished trial's MLflow run agree with its state; give a run to a trial that
     died before opening one. Runs of RUNNING trials belong to live workers and are left alone."""
@@ -151,6 +157,8 @@ def reconcile_runs(
     for run in tracking.child_runs(store, parent):
         if run.data.tags.get(tracking.ROLE) != role:
             continue
+        if any(run.data.tags.get(key) != value for key, value in (tags or {}).items()):
+            continue  # another study's runs of the same role (another run's reproduction)
         number = int(run.data.tags.get(tracking.TRIAL, -1))
         seen.add(number)
         trial = trials.get(number)

@@ -92,11 +92,11 @@ def reproduce(run_id: str, root: str | Path = "mlruns", experiment: str = "workb
     study = pool.open_study(rerun_spec, storage, study_name(spec.name, run_id))
 
     parent = tags["mlflow.parentRunId"]
-    recovery.recover(study, store, parent, role="reproduce")
+    recovery.recover(study, store, parent, "reproduce", **{REPRODUCES: run_id})
     if not pool.count(study, optuna.trial.TrialState.WAITING):  # else a killed one's retry
         study.enqueue_trial(original.params, user_attrs=attrs)
     print(f"reproducing run {run_id} ({name}, trial {original.number}) with seed {tags['seed']}")
-    pool.optimize(rerun_spec, study, data, store, parent, 1, count_running=False)
+    pool.optimize(rerun_spec, study, data, store, parent, 1, count_running=False, queued_only=True)
     new = study.trials[-1]
     if new.state != optuna.trial.TrialState.COMPLETE:
         raise RuntimeError(f"the reproduction of run {run_id} ended {new.state.name}")

@@ -38,9 +38,12 @@ def optimize(
     parent: str,
     n: int,
     count_running: bool = True,
+    queued_only: bool = False,
 ) -> None:
+    """Run up to ``n`` trials of ``study`` in this process; with ``queued_only`` (confirmations,
+    reproductions) only enqueued ones: never a newly sampled configuration."""
     claim = NextTrialClaim(Path(spec.tracking.root) / f".{study.study_name}.claim.lock")
-    stop_at_count = StopAtCount(spec.study.trials, count_running, claim)
+    stop_at_count = StopAtCount(spec.study.trials, count_running, claim, queued_only)
     try:
         # The first trial is counted like every later one: a worker that starts late (a slow
         # spawn on a loaded machine) must see the trials already running elsewhere.
@@ -89,8 +92,11 @@ class StopAtCount:
     ``MaxTrialsCallback``), each of N workers would start one more trial while the last ones
     run: up to N - 1 trials past the count."""
 
-    def __init__(self, target: int, count_running: bool, claim: NextTrialClaim) -> None:
+    def __init__(
+        self, target: int, count_running: bool, claim: NextTrialClaim, queued_only: bool = False
+    ) -> None:
         self.target, self.count_running, self.claim = target, count_running, claim
+        self.queued_only = queued_only
 
     def reached(self, study: optuna.Study) -> bool:
         """Whether the count is reached; if not, this process holds the claim until its next
@@ -102,7 +108,8 @@ class StopAtCount:
         trials = study.get_trials(deepcopy=False)
         # A waiting trial (a dead worker's retry) is always run: it replaces a failed one.
         waiting = any(t.state == optuna.trial.TrialState.WAITING for t in trials)
-        if not waiting and sum(t.state in counted for t in trials) >= self.target:
+        reached = sum(t.state in counted for t in trials) >= self.target or self.queued_only
+        if not waiting and reached:
             self.claim.release()
             return True
         return False
@@ -166,8 +173,8 @@ def _worker_main(raw_spec: dict, parent: str, index: int, study_name: str | None
     missing = max(
         spec.study.trials - finished(study), count(study, optuna.trial.TrialState.WAITING)
     )
-    if missing > 0:
-        optimize(spec, study, data, store, parent, missing)
+    if missing > 0:  # another study's (a confirmation's) workers run only its queued trials
+        optimize(spec, study, data, store, parent, missing, queued_only=study_name is not None)
 
 
 def stop_workers(helpers) -> None:

@@ -100,7 +100,7 @@ def check_sqlite_file(path: Path, kind: str) -> None:
             with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=60)) as connection:
                 connection.execute("PRAGMA schema_version").fetchone()
         except sqlite3.DatabaseError as exc:
-            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_NOTADB:
+            if "not a database" not in str(exc):
                 return  # not readable read-only (e.g. a WAL file without its index): opened later
             raise ConnectionError(
                 f"{path}: not an SQLite database (the {kind} store is corrupt or was replaced: "

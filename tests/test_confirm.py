@@ -188,3 +188,11 @@ def test_a_confirmation_killed_mid_run_resumes_and_counts_each_seed_once(tmp_pat
     statuses = sorted((r.data.tags[SEED], r.info.status) for r in runs)
     assert statuses == [("43", "FAILED"), ("43", "FINISHED"), ("44", "FINISHED")]
     assert client.get_run(result.parent_run_id).info.status == "FINISHED"
+
+
+def test_the_report_spec_hides_database_passwords():
+    from workbench.study.report import _spec_yaml
+
+    url = "postgresql://user:s3cret@127.0.0.1:5432/optuna"
+    text = _spec_yaml(load_spec(SPEC, [f"tracking.optuna_storage={url}"]))
+    assert "s3cret" not in text and "postgresql://user:***@127.0.0.1:5432/optuna" in text

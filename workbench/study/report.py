@@ -24,6 +24,7 @@ import optuna
 from workbench import tracking
 from workbench.spec import ExperimentSpec
 from workbench.stats import expected_best
+from workbench.study.config import _redact
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -103,9 +104,14 @@ def _write(path: Path, text: str) -> None:
 
 
 def _spec_yaml(spec: ExperimentSpec) -> str:
+    """The spec as YAML, database passwords hidden (a report is made to be shared)."""
     import yaml
 
-    return f"# workbench study {spec.name}.yaml\n" + yaml.safe_dump(spec.to_dict(), sort_keys=False)
+    raw = spec.to_dict()
+    for key in ("mlflow_uri", "optuna_storage"):
+        if raw["tracking"].get(key):
+            raw["tracking"][key] = _redact(raw["tracking"][key])
+    return f"# workbench study {spec.name}.yaml\n" + yaml.safe_dump(raw, sort_keys=False)
 
 
 def _e(value: Any) -> str:
@@ -143,7 +149,7 @@ def _header(spec, study, store, parent, champion, champion_run) -> str:
         f"{counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed; "
         f"metric {spec.study.metric} ({spec.study.direction})"
     )
-    rows = [["study run", parent], ["MLflow", store.tracking_uri]]
+    rows = [["study run", parent], ["MLflow", _redact(store.tracking_uri)]]
     if champion is not None:
         rows += [
             ["champion", f"trial {champion.number} (run {champion_run})"],

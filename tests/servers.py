@@ -57,4 +57,9 @@ def serving(
             try:
                 server.wait(timeout=30)
             except subprocess.TimeoutExpired:
+                pass
+            # Whatever the group still holds once its leader is gone (a grandchild server still
+            # shutting down) is killed too: a leaked server would share the cores with every
+            # later test.
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(server.pid, signal.SIGKILL)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -119,7 +120,7 @@ def test_ui_serves_mlflow_and_optuna_dashboard_on_loopback(tmp_path: Path):
         assert_loopback_only(dashboard_port)
     finally:
         os.killpg(server.pid, signal.SIGINT)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):  # a grandchild still shutting down
             os.killpg(server.pid, signal.SIGKILL)

@@ -29,6 +29,29 @@ def _at_least(minimum: int):
     return whole_number
 
 
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+
+
+def _positive(text: str) -> float:
+    """An argparse ``type``: a number > 0."""
+    value = _number(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value:g}")
+    return value
+
+
+def _probability(text: str) -> float:
+    """An argparse ``type``: a level strictly between 0 and 1."""
+    value = _number(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {value:g}")
+    return value
+
+
 def _port(text: str) -> int:
     """An argparse ``type``: a TCP port, 1..65535."""
     try:
@@ -104,6 +127,39 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--root", default="mlruns", help="the workbench store (default: mlruns)")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1 only)")
     serve.add_argument("--port", type=_port, default=5001)
+    serve.add_argument(
+        "--record", nargs="?", const="", metavar="DIR",
+        help="write each answered request (inputs, predictions) to disk for `workbench "
+        "monitor`; default DIR: <root>/served/<run id>",
+    )  # fmt: skip
+    serve.add_argument(
+        "--max-body-mb", type=_positive, default=16.0,
+        help="requests with a larger body get 413 (default: 16)",
+    )  # fmt: skip
+
+    monitor = commands.add_parser(
+        "monitor",
+        help="drift tests of a model's served (recorded) inputs against its training reference, "
+        "and optionally a load test; logged as a monitoring run",
+    )
+    monitor.add_argument("model_uri", help="e.g. models:/mnist_cnn@champion or a run id")
+    monitor.add_argument(
+        "inputs", nargs="?",
+        help="a recording directory, .npy or .json file (default: the model's own recording, "
+        "<root>/served/<run id>)",
+    )  # fmt: skip
+    monitor.add_argument("--root", default="mlruns", help="the workbench store (default: mlruns)")
+    monitor.add_argument(
+        "--window", type=_at_least(10), default=200, help="inputs per test window (default: 200)"
+    )
+    monitor.add_argument("--alpha", type=_probability, default=0.05)
+    monitor.add_argument("--permutations", type=_at_least(19), default=200)
+    monitor.add_argument(
+        "--load", action="store_true",
+        help="also serve the model on loopback and put it under load (logged in its own run)",
+    )  # fmt: skip
+    monitor.add_argument("--clients", type=_at_least(1), default=32)
+    monitor.add_argument("--seconds", type=_positive, default=30.0)
 
     predict = commands.add_parser("predict", help="send inputs (.npy or .json) to a served model")
     predict.add_argument("inputs", help="a .npy array or a JSON list, shaped like the model input")
@@ -174,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         "compress": _compress,
         "export": _export,
         "serve": _serve,
+        "monitor": _monitor,
         "predict": _predict,
     }
     try:
@@ -418,12 +475,42 @@ def _serve(args: argparse.Namespace) -> int:
     model = trained(args.model_uri, root=root)  # a name the store does not hold fails here
     # A registry URI is served as given, so the server follows its alias; others by model id.
     uri = args.model_uri if args.model_uri.startswith("models:/") else model.mlflow_model()
-    command = serve_command(uri, args.host, args.port)
+    record = None
+    if args.record is not None:
+        from workbench.monitor.monitor import recordings_of
+
+        record = Path(args.record) if args.record else recordings_of(root, model.run_id)
+    command = serve_command(uri, args.host, args.port, record, args.max_body_mb)
     print(f"serving {uri} at http://{args.host}:{args.port}/invocations (Ctrl-C stops)")
+    if record is not None:
+        print(f"recording answered requests under {record} (`workbench monitor` reads them)")
     try:
         return subprocess.call(command, env=serve_environment(model.store.tracking_uri))
     except KeyboardInterrupt:
         return 0
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    from workbench.monitor.monitor import monitor, recordings_of
+    from workbench.trained_model import trained
+
+    root = Path(args.root).resolve()
+    status = 0
+    if args.load:
+        from workbench.monitor.monitor import load_check
+
+        report, run_id = load_check(args.model_uri, root, args.clients, args.seconds)
+        print(report.table())
+        print(f"load test logged in run {run_id}")
+        status = int(report.errors > 0)
+        recorded = recordings_of(root, trained(args.model_uri, root=root).run_id)
+        if args.inputs is None and not recorded.is_dir():
+            return status  # nothing recorded to test for drift
+    found = monitor(args.model_uri, args.inputs, root, args.window, args.alpha, args.permutations)
+    print(found.table())
+    verdict = "DRIFT in the newest window" if found.drifted else "no drift in the newest window"
+    print(f"{verdict}; monitoring run {found.run_id}, report {found.report}")
+    return status
 
 
 def _predict(args: argparse.Namespace) -> int:

@@ -2,7 +2,8 @@
 
 The app is MLflow's own (what ``mlflow models serve`` runs): it checks requests against the logged
 signature and answers a 400 that names the fault for a wrong shape or a wrong type. In front of it
-sits one check MLflow lacks: an empty body is refused as such (MLflow only calls it invalid JSON).
+sits what MLflow lacks (``RequestGuard``): a cap on the body size (413), an empty body refused as
+such, and, when asked, each answered request recorded to disk for ``workbench monitor``.
 ``python -m workbench.deploy.serve MODEL_URI [--host] [--port]`` runs it; ``with serving(uri,
 tracking_uri) as url:`` runs it for the length of a block (a notebook, a test).
 """
@@ -13,6 +14,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -28,46 +30,65 @@ import numpy as np
 INVOCATIONS = "/invocations"
 
 
-def serve_command(model_uri: str, host: str = "127.0.0.1", port: int = 5001) -> list[str]:
-    """The command line of the scoring server for ``model_uri`` in this environment."""
-    return [
-        sys.executable,
-        "-m",
-        "workbench.deploy.serve",
-        model_uri,
-        "--host",
-        host,
-        "--port",
-        str(port),
-    ]
+DEFAULT_MAX_BODY_MB = 16.0
 
 
-def scoring_app(model_uri: str):
+def serve_command(
+    model_uri: str,
+    host: str = "127.0.0.1",
+    port: int = 5001,
+    record: str | Path | None = None,
+    max_body_mb: float = DEFAULT_MAX_BODY_MB,
+) -> list[str]:
+    """The command line of the scoring server for ``model_uri`` in this environment; with
+    ``record``, answered requests are written under that directory."""
+    command = [sys.executable, "-m", "workbench.deploy.serve", model_uri]
+    command += ["--host", host, "--port", str(port), "--max-body-mb", f"{max_body_mb:g}"]
+    return command + (["--record", str(record)] if record is not None else [])
+
+
+def scoring_app(model_uri: str, max_body_mb: float = DEFAULT_MAX_BODY_MB, recorder=None):
     """MLflow's scoring app for ``model_uri`` (resolved through ``MLFLOW_TRACKING_URI``), behind
-    the empty-body check."""
+    the request guard."""
     from workbench.tracking import scoring_app as mlflow_scoring_app
 
     app, schema = mlflow_scoring_app(model_uri)
-    return RefuseEmptyBody(app, schema or "the model input")
+    return RequestGuard(app, schema or "the model input", int(max_body_mb * 1024**2), recorder)
 
 
-class RefuseEmptyBody:
-    """ASGI middleware: a POST to ``/invocations`` without a body gets a 400 that says so and
-    what to send; every other request goes to ``app`` unchanged (its body replayed)."""
+class RequestGuard:
+    """ASGI middleware in front of MLflow's app, for ``POST /invocations``:
 
-    def __init__(self, app, expected: str) -> None:
-        self.app, self.expected = app, expected
+    - a body over ``max_body_bytes`` gets a 413 that says the cap (checked on the declared
+      ``Content-Length`` before reading, and again while reading); the server keeps serving;
+    - an empty body gets a 400 that says so and what to send (MLflow only calls it invalid JSON);
+    - with a ``Recorder``, each answered request's body and response go to it.
+
+    Every other request goes to ``app`` unchanged; an accepted body is replayed to it.
+    """
+
+    def __init__(self, app, expected: str, max_body_bytes: int, recorder=None) -> None:
+        self.app, self.expected, self.max_body_bytes = app, expected, max_body_bytes
+        self.recorder = recorder
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != INVOCATIONS:
             await self.app(scope, receive, send)
             return
-        chunks, more = [], True
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            await self._too_large(send, int(declared))
+            return
+        chunks, more, size = [], True, 0
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return
             chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body_bytes:
+                await self._too_large(send, size)
+                return
             more = message.get("more_body", False)
         body = b"".join(chunks)
         if not body.strip():
@@ -75,13 +96,7 @@ class RefuseEmptyBody:
                 'empty request body: send JSON such as {"inputs": [...]}, a batch shaped '
                 f"like the model input {self.expected}"
             )
-            payload = json.dumps({"error_code": "BAD_REQUEST", "message": text}).encode()
-            headers = [
-                (b"content-type", b"application/json"),
-                (b"content-length", b"%d" % len(payload)),
-            ]
-            await send({"type": "http.response.start", "status": 400, "headers": headers})
-            await send({"type": "http.response.body", "body": payload})
+            await _answer(send, 400, "BAD_REQUEST", text)
             return
         replayed = False
 
@@ -92,7 +107,38 @@ class RefuseEmptyBody:
             replayed = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        await self.app(scope, replay, send)
+        if self.recorder is None:
+            await self.app(scope, replay, send)
+            return
+        status, answer = 0, []
+
+        async def send_and_keep(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and status == 200:
+                answer.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    self.recorder.add(body, b"".join(answer))
+            await send(message)
+
+        await self.app(scope, replay, send_and_keep)
+
+    async def _too_large(self, send, size: int) -> None:
+        text = (
+            f"request body of {size} bytes or more exceeds this server's cap of "
+            f"{self.max_body_bytes} bytes (--max-body-mb): send the inputs in smaller batches"
+        )
+        await _answer(send, 413, "REQUEST_TOO_LARGE", text, close=True)
+
+
+async def _answer(send, status: int, code: str, message: str, close: bool = False) -> None:
+    payload = json.dumps({"error_code": code, "message": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload))]
+    if close:  # the unread rest of the body must not be taken for the next request
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
 
 
 def serve_environment(tracking_uri: str) -> dict[str, str]:
@@ -104,7 +150,12 @@ def serve_environment(tracking_uri: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def serving(
-    model_uri: str, tracking_uri: str, port: int = 5001, timeout_s: float = 120.0
+    model_uri: str,
+    tracking_uri: str,
+    port: int = 5001,
+    timeout_s: float = 120.0,
+    record: str | Path | None = None,
+    max_body_mb: float = DEFAULT_MAX_BODY_MB,
 ) -> Iterator[str]:
     """Serve ``model_uri`` on 127.0.0.1:``port`` for the length of the block; yield its URL
     once ``/ping`` answers, and stop the server (its whole process group) on the way out.
@@ -124,7 +175,7 @@ def serving(
     # Output to a file, not a pipe: a chatty server would block once a pipe filled up.
     with tempfile.TemporaryFile() as log:
         server = subprocess.Popen(
-            serve_command(model_uri, port=port),
+            serve_command(model_uri, port=port, record=record, max_body_mb=max_body_mb),
             env=serve_environment(tracking_uri),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -191,10 +242,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model_uri", help="e.g. models:/mnist_cnn@champion or runs:/<id>/model")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
     parser.add_argument("--port", type=int, default=5001)
+    parser.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_MB)
+    parser.add_argument("--record", help="write answered requests under this directory")
+    parser.add_argument("--record-file-mb", type=float, default=16.0)
+    parser.add_argument("--record-files", type=int, default=8)
     args = parser.parse_args(argv)
     import uvicorn
 
-    uvicorn.run(scoring_app(args.model_uri), host=args.host, port=args.port, workers=1)
+    from workbench.deploy.recording import Recorder
+
+    recorder = None
+    if args.record:
+        recorder = Recorder(args.record, args.record_file_mb, args.record_files)
+        # uvicorn shuts down gracefully on SIGTERM and then raises it again under the handler
+        # that was in place before it ran: this one, so the recorder's last lines are flushed.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    app = scoring_app(args.model_uri, args.max_body_mb, recorder)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, workers=1)
+    finally:
+        if recorder is not None:
+            recorder.close()
     return 0
 
 

@@ -11,9 +11,6 @@ study's parent run.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import time
 from pathlib import Path
@@ -21,21 +18,15 @@ from typing import Any
 
 import optuna
 
-from workbench import tracking
+from workbench import html, tracking
+from workbench.html import escape as _e
+from workbench.html import image as _image
+from workbench.html import png as _png
+from workbench.html import table as _table
+from workbench.html import write_atomic as _write
 from workbench.spec import ExperimentSpec
 from workbench.stats import expected_best
 from workbench.study.config import _redact
-
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
-h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-top: 0.6em; }
-table { border-collapse: collapse; margin: 0.6em 0; } td, th { border: 1px solid #ddd;
-padding: 3px 8px; text-align: left; font-size: 0.92em; } th { background: #f4f4f4; }
-figure { display: inline-block; margin: 0.4em; vertical-align: top; }
-figure img { max-width: 520px; border: 1px solid #eee; } figcaption { font-size: 0.85em; }
-pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
-.note { color: #555; font-size: 0.9em; }
-"""
 
 
 def report_of(name: str, root: str | Path = "mlruns", experiment: str = "workbench") -> Path:
@@ -63,7 +54,7 @@ def show_report(path: str | Path):
 
     page = Path(path).read_text(encoding="utf-8")
     return HTML(
-        f'<iframe srcdoc="{html.escape(page, quote=True)}" '
+        f'<iframe srcdoc="{_e(page)}" '
         'style="width: 100%; height: 720px; border: 1px solid #ddd"></iframe>'
     )
 
@@ -84,10 +75,7 @@ def write_report(spec: ExperimentSpec, study: optuna.Study, store, parent: str) 
         _spec(spec),
         _reproduce(spec, store, champion_run),
     ]
-    page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>study {_e(spec.name)}</title>"
-        f"<style>{STYLE}</style></head><body>{''.join(sections)}</body></html>"
-    )
+    page = html.page(f"study {spec.name}", sections)
     folder = Path(store.root) / "reports"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{spec.name}.html"
@@ -95,12 +83,6 @@ def write_report(spec: ExperimentSpec, study: optuna.Study, store, parent: str) 
     _write(path, page)
     tracking.log_file(store, parent, path)
     return path
-
-
-def _write(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
 
 
 def _spec_yaml(spec: ExperimentSpec) -> str:
@@ -112,30 +94,6 @@ def _spec_yaml(spec: ExperimentSpec) -> str:
         if raw["tracking"].get(key):
             raw["tracking"][key] = _redact(raw["tracking"][key])
     return f"# workbench study {spec.name}.yaml\n" + yaml.safe_dump(raw, sort_keys=False)
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value))
-
-
-def _image(data: bytes, caption: str) -> str:
-    encoded = base64.b64encode(data).decode("ascii")
-    return (
-        f"<figure><img alt='{_e(caption)}' src='data:image/png;base64,{encoded}'>"
-        f"<figcaption>{_e(caption)}</figcaption></figure>"
-    )
-
-
-def _png(figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
-    return buffer.getvalue()
-
-
-def _table(rows: list[list[Any]], header: list[str]) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _number(value: Any) -> str:

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -124,3 +125,76 @@ def test_ui_serves_mlflow_and_optuna_dashboard_on_loopback(tmp_path: Path):
             server.wait(timeout=30)
         with contextlib.suppress(ProcessLookupError):  # a grandchild still shutting down
             os.killpg(server.pid, signal.SIGKILL)
+
+
+def _alive(process) -> bool:
+    """Running and not a zombie (an orphan's zombie waits for an init that may never reap it)."""
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.slow
+def test_ui_stops_both_servers_and_their_workers_on_sigint_to_it_alone(tmp_path: Path):
+    """SIGINT to `workbench ui` alone (not its group; the servers lead their own sessions) stops
+    the MLflow UI, optuna-dashboard and every worker under them, even when SIGINT came in ignored
+    as in a shell's background job (Python then installs no Ctrl-C handler of its own)."""
+    psutil = pytest.importorskip("psutil")
+    import optuna
+
+    from tests.servers import wait_until_up
+
+    root = tmp_path / "mlruns"
+    root.mkdir()
+    optuna.create_study(storage=f"sqlite:///{root / 'optuna.db'}", study_name="s")
+    mlflow_port, dashboard_port = _free_port(), _free_port()
+    command = [
+        sys.executable, "-m", "workbench.cli", "ui", "--root", str(root),
+        "--mlflow-port", str(mlflow_port), "--dashboard-port", str(dashboard_port),
+    ]  # fmt: skip
+    descendants: list = []
+    groups: set[int] = set()
+    with tempfile.TemporaryFile() as log:
+        server = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        )
+        try:
+            wait_until_up(f"http://127.0.0.1:{mlflow_port}/health", server, log)
+            wait_until_up(f"http://127.0.0.1:{dashboard_port}/api/studies", server, log)
+            descendants = psutil.Process(server.pid).children(recursive=True)
+            for process in descendants:
+                with contextlib.suppress(OSError):
+                    groups.add(os.getpgid(process.pid))
+            assert len(psutil.Process(server.pid).children()) == 2, descendants
+            os.kill(server.pid, signal.SIGINT)
+            try:
+                code = server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                log.seek(0)
+                output = log.read().decode(errors="replace")[-3000:]
+                raise AssertionError(f"workbench ui ignored SIGINT for 60 s: {output}") from None
+            assert code == 0
+            left = {p.pid: p for p in descendants if _alive(p)}
+            for process in psutil.process_iter():  # also workers started after the snapshot
+                with contextlib.suppress(psutil.Error, OSError):
+                    if os.getpgid(process.pid) in groups and _alive(process):
+                        left[process.pid] = process
+            assert not left, f"still running after workbench ui exited: {list(left.values())}"
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+            for group in groups:  # never leave a server behind for later tests
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(group, signal.SIGKILL)
+            for process in descendants:
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
+            psutil.wait_procs(descendants, timeout=10)

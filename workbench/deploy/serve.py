@@ -31,6 +31,7 @@ INVOCATIONS = "/invocations"
 
 
 DEFAULT_MAX_BODY_MB = 16.0
+DRAIN = 4  # an oversized body up to this many times the cap is read and dropped, not cut off
 
 
 def serve_command(
@@ -75,21 +76,29 @@ class RequestGuard:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != INVOCATIONS:
             await self.app(scope, receive, send)
             return
+        # An oversized body is read to its end and dropped, so the client, still sending, reads
+        # the 413 (a reply mid-upload is often seen as a reset connection) and the connection
+        # stays usable; beyond DRAIN × the cap the server answers at once and closes it.
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._too_large(send, int(declared))
+        declared = int(declared) if declared is not None and declared.isdigit() else 0
+        if declared > DRAIN * self.max_body_bytes:
+            await self._too_large(send, declared, close=True)
             return
         chunks, more, size = [], True, 0
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_body_bytes:
-                await self._too_large(send, size)
+            size += len(message.get("body", b""))
+            if size <= self.max_body_bytes:
+                chunks.append(message.get("body", b""))
+            elif size > DRAIN * self.max_body_bytes:
+                await self._too_large(send, size, close=True)
                 return
             more = message.get("more_body", False)
+        if size > self.max_body_bytes:
+            await self._too_large(send, size)
+            return
         body = b"".join(chunks)
         if not body.strip():
             text = (
@@ -124,12 +133,12 @@ class RequestGuard:
 
         await self.app(scope, replay, send_and_keep)
 
-    async def _too_large(self, send, size: int) -> None:
+    async def _too_large(self, send, size: int, close: bool = False) -> None:
         text = (
-            f"request body of {size} bytes or more exceeds this server's cap of "
+            f"request body of {size} bytes exceeds this server's cap of "
             f"{self.max_body_bytes} bytes (--max-body-mb): send the inputs in smaller batches"
         )
-        await _answer(send, 413, "REQUEST_TOO_LARGE", text, close=True)
+        await _answer(send, 413, "REQUEST_TOO_LARGE", text, close=close)
 
 
 async def _answer(send, status: int, code: str, message: str, close: bool = False) -> None:

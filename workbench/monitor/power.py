@@ -15,10 +15,12 @@ from scipy import stats
 
 from workbench.monitor import shifts as shift_functions
 from workbench.monitor.drift import TESTS, DriftDetector, sample_of
+from workbench.monitor.shifts import SHIFTS
 
 CLASS_SHIFT = (0, 1)  # the classes a class-shifted batch over-represents
 DEFAULT_SHIFTS = {
-    "rotation": [5.0, 10.0, 20.0, 30.0],  # degrees
+    "rotation": [2.5, 5.0, 10.0, 20.0],  # degrees
+    "resampled": [10.0, 20.0],  # degrees turned and back: the control for rotation
     "noise": [0.05, 0.1, 0.2, 0.4],  # pixel standard deviation
     "classes": [0.2, 0.4, 0.6, 0.8],  # share of the batch drawn from CLASS_SHIFT only
 }
@@ -53,7 +55,7 @@ def drift_study(
     from tqdm.auto import tqdm
 
     shifts = DEFAULT_SHIFTS if shifts is None else shifts
-    unknown = set(shifts) - {*shift_functions.SHIFTS, "classes"}
+    unknown = set(shifts) - {*SHIFTS, "classes"}
     if unknown:
         raise ValueError(f"shifts: unknown {sorted(unknown)}; choose from rotation, noise, classes")
     data, network = model.data, model.network.cpu()
@@ -111,7 +113,12 @@ def batches_needed(table: pd.DataFrame, shift: str, size: float, test: str, powe
 
 
 _TESTS_DRAWN = [*TESTS, "psi", "any"]
-_UNITS = {"rotation": "degrees", "noise": "pixel noise σ", "classes": "share from classes 0, 1"}
+_UNITS = {
+    "rotation": "degrees",
+    "resampled": "degrees turned and back",
+    "noise": "pixel noise σ",
+    "classes": "share from classes 0, 1",
+}
 
 
 def plot_power(table: pd.DataFrame, batch: int | None = None):

@@ -228,3 +228,33 @@ def test_transfer_notebook_runs_in_smoke_mode(tmp_path: Path):
     assert "base model models:/mnist_simclr/1" in lines[first + 1]
     assert "fine-tuning run" in lines[first + 2]
     assert "registered model models:/mnist_transfer/1@champion" in lines[first + 3]
+
+
+@pytest.mark.slow
+def test_drift_notebook_runs_in_smoke_mode(tmp_path: Path):
+    """The drift study on 3 batches per case, the served-and-recorded model monitored, a 2 s load
+    test: figures drawn, the clean window passes and the rotated one is flagged."""
+    from tests.servers import free_port
+
+    root = tmp_path / "mlruns"
+    cells, images = _execute(
+        "07_drift.ipynb",
+        tmp_path,
+        {
+            "spec_path": str(EXPERIMENTS / "mnist_cnn.yaml"),
+            "root": str(root),
+            "trials": 1,
+            "overrides": [*tiny(root)[1:], "explain.enabled=false", "data.max_samples=1000"],
+            "n_batches": 3,
+            "batch_sizes": [20, 50],
+            "batch": 50,
+            "port": free_port(),
+            "load_seconds": 2.0,
+            "load_clients": 4,
+        },
+    )
+    text = _text(cells)
+    assert len(images) >= 3  # false alarms, power, batch size
+    lines = [line.split() for line in text.splitlines() if line.strip().startswith(("0-", "100-"))]
+    assert [line[-1] for line in lines[-2:]] == ["no", "yes"]  # clean window, rotated window
+    assert "monitoring run" in text and "errors" in text

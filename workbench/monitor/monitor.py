@@ -291,3 +291,50 @@ def _page(found: Monitoring, loaded, source, figures: dict, alpha: float) -> str
         *[html.image(html.png(figure), name) for name, figure in figures.items()],
     ]
     return html.page(f"monitoring {loaded.spec.name}", sections)
+
+
+def load_check(
+    model: str, root: str | Path = "mlruns", clients: int = 32, seconds: float = 30.0
+) -> tuple:
+    """Serve ``model`` on a free loopback port, put it under load (``clients`` concurrent
+    clients for ``seconds``, each request one test input) and log the figures as a monitoring
+    run linked to the model's run: ``(LoadReport, run id)``."""
+    import socket
+
+    from workbench.deploy.load import find_server_pid, load_test
+    from workbench.deploy.serve import serving
+    from workbench.trained_model import trained
+
+    loaded = trained(model, root=root)
+    uri = model if model.startswith("models:/") else loaded.mlflow_model()
+    one = loaded.data.split("test")[0][:1].numpy()
+    body = json.dumps({"inputs": one.tolist()}).encode()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with serving(uri, loaded.store.tracking_uri, port) as url:
+        report = load_test(url, body, clients, seconds, server_pid=find_server_pid(port))
+    store = loaded.store
+    tags = {"workbench.role": "load", MONITORS: loaded.run_id, "workbench.model_uri": model}
+    run_id = tracking.start_run(store, f"load {loaded.spec.name}", tags)
+    status = "FAILED"
+    try:
+        tracking.log_params(store, run_id, {"model": model, "clients": clients, "seconds": seconds})
+        tracking.log_metrics(store, run_id, report.as_metrics())
+        tracking.log_text(store, run_id, report.table() + "\n", "load/report.txt")
+        if report.rss_samples:
+            from matplotlib.figure import Figure
+
+            figure = Figure(figsize=(5.5, 3.5))
+            ax = figure.subplots()
+            times, rss = zip(*report.rss_samples, strict=True)
+            ax.plot(times, rss)
+            ax.set_xlabel("seconds")
+            ax.set_ylabel("server RSS (MB)")
+            ax.set_title(f"{clients} clients: {report.throughput_rps:.0f} requests/s")
+            figure.subplots_adjust(left=0.15, right=0.97, bottom=0.14, top=0.9)
+            tracking.log_figure(store, run_id, figure, "load/memory.png")
+        status = "FINISHED"
+    finally:
+        tracking.end_run(store, run_id, status)
+    return report, run_id

@@ -18,6 +18,8 @@ SCRIPTS = [
     "study_efficiency.py",
     "workers.py",
     "fixed_costs.py",
+    "drift_power.py",  # needs the demo's champion: `make demo` first
+    "serve_load.py",
 ]
 
 if __name__ == "__main__":

@@ -164,7 +164,9 @@ def test_served_inputs_recorded_then_monitored_clean_passes_rotated_is_flagged(
     pixels = model.data.to_pixels(inputs).squeeze(1).numpy()
     rotated = model.data._to_tensor(shifts.rotate(pixels, 30)).numpy()
     record = tmp_path / "recording"
-    with serve.serving(uri, result.tracking_uri, free_port(), record=record, max_body_mb=0.5) as url:
+    with serve.serving(
+        uri, result.tracking_uri, free_port(), record=record, max_body_mb=0.5
+    ) as url:
         for start in range(0, len(inputs), 25):
             serve.predict(url, inputs[start : start + 25].numpy())
         too_big = json.dumps({"inputs": np.zeros((200, 1, 28, 28)).tolist()}).encode()

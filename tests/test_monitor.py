@@ -179,9 +179,19 @@ def test_served_inputs_recorded_then_monitored_clean_passes_rotated_is_flagged(
     assert np.allclose(recorded[: len(inputs)], inputs.numpy(), atol=1e-6)
     assert predictions.shape == (len(recorded), 10)
 
+    # The command a user runs; the function it calls gives the same windows.
+    command = [sys.executable, "-m", "workbench.cli", "monitor", uri, str(record)]
+    options = ["--root", str(spec.tracking.root), "--window", str(len(inputs))]
+    done = subprocess.run(
+        [*command, *options, "--permutations", "99"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "DRIFT in the newest window" in done.stdout
+    run_id = done.stdout.split("monitoring run ")[1].split(",")[0]
     found = monitor(uri, record, root=spec.tracking.root, window=len(inputs), permutations=99)
     assert [r.drifted for r in found.results] == [False, True]
     client = MlflowClient(result.tracking_uri)
+    assert client.get_run(run_id).data.tags["workbench.drifted"] == "true"
     run = client.get_run(found.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["workbench.monitors"] == model.run_id
@@ -229,3 +239,22 @@ def test_monitor_command_refuses_bad_inputs_before_logging(tiny_study, tmp_path:
     )
     assert done.returncode == 2 and "--alpha: must lie strictly between 0 and 1" in done.stderr
     assert runs() == before  # nothing logged
+
+
+@pytest.mark.slow
+def test_monitor_load_serves_the_model_and_logs_a_load_run(tiny_study):
+    from mlflow.tracking import MlflowClient
+
+    spec, result = tiny_study
+    uri = f"models:/{result.registered_model}@champion"
+    command = [sys.executable, "-m", "workbench.cli", "monitor", uri, "--load"]
+    options = ["--root", str(spec.tracking.root), "--clients", "4", "--seconds", "2"]
+    done = subprocess.run([*command, *options], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    run_id = done.stdout.split("load test logged in run ")[1].split()[0]
+    run = MlflowClient(result.tracking_uri).get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["workbench.role"] == "load"
+    metrics = run.data.metrics
+    assert metrics["load/errors"] == 0 and metrics["load/requests"] > 10
+    assert 0 < metrics["load/latency_p50_ms"] <= metrics["load/latency_p95_ms"]
+    assert "load/memory_growth" in metrics

@@ -78,6 +78,11 @@ def monitor(
     if loaded.run_id is None:
         raise ValueError(f"model: {model} has no MLflow run to link a monitoring run to")
     source = recordings_of(root, loaded.run_id) if inputs is None else inputs
+    if inputs is None and not Path(source).is_dir():
+        raise FileNotFoundError(
+            f"inputs: nothing recorded for run {loaded.run_id} at {source}; serve the model with "
+            "`workbench serve MODEL --record` first, or give INPUTS (a .npy or .json file)"
+        )
     rows = _inputs(source, tuple(loaded.data.input_shape))
     if len(rows) < 10:
         raise ValueError(f"inputs: {len(rows)} rows in {_name(source)}; at least 10 are needed")

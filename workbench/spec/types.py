@@ -16,6 +16,7 @@ from typing import Any
 # storage (resolved by ``workbench.study.run_study``), e.g. a distillation teacher or GAN judge.
 STUDY_REFERENCE = "study:"
 LOG_MODELS = ("best", "all")  # tracking.log_models
+DATA_POLICIES = ("raw", "synthetic", "none")  # tracking.data_policy
 FREEZE_RULE = re.compile(r"all|none|first_[1-9][0-9]*")  # backbone.freeze
 RUN_ID_RULE = re.compile(r"[0-9a-f]{8,64}")  # MLflow run ids are 32 hex digits
 # Study, experiment and registered-model names become MLflow filter values, Optuna keys and
@@ -69,8 +70,34 @@ class DataSpec:
     few-label experiments."""
     options: dict[str, Any] = field(default_factory=dict)
     """Arguments of the data family itself, e.g. ``{length: 100}`` for ``adding``."""
+    identifiers: list[str] = field(default_factory=list)
+    """Table columns that identify a person (name, e-mail, record number): removed before
+    training and logging (``hash_identifiers``: replaced by a salted hash instead, never a
+    feature). Any policy: they never reach the store."""
+    hash_identifiers: bool = False
+    quasi_identifiers: dict[str, int] = field(default_factory=dict)
+    """Table columns that identify in combination (age, postcode): column → number of
+    equal-frequency bins each is generalised into before training."""
+    k_anonymity: int | None = None
+    """Every combination of the (generalised) quasi-identifiers must be shared by at least k rows;
+    checked before any training, an error names the columns and k."""
 
     def check(self) -> None:
+        if self.k_anonymity is not None:
+            _require(self.k_anonymity >= 2, "data.k_anonymity", "must be >= 2 (or null)")
+            _require(
+                bool(self.quasi_identifiers),
+                "data.k_anonymity",
+                "needs data.quasi_identifiers (the columns whose combinations it counts)",
+            )
+        for column, bins in self.quasi_identifiers.items():
+            _require(bins >= 1, f"data.quasi_identifiers.{column}", "bins must be >= 1")
+        overlap = set(self.identifiers) & set(self.quasi_identifiers)
+        _require(
+            not overlap,
+            "data.identifiers",
+            f"{sorted(overlap)} also listed in data.quasi_identifiers",
+        )
         if self.labels_per_class is not None:
             _require(self.labels_per_class >= 1, "data.labels_per_class", "must be >= 1 (or null)")
         _require(0 < self.val_fraction < 0.5, "data.val_fraction", "must be in (0, 0.5)")
@@ -327,12 +354,110 @@ class TrackingSpec:
     report: bool = True
     """Write the study's HTML report (``<root>/reports/<name>.html``, and ``report.html`` in its
     parent run) when the study ends; ``workbench report NAME`` writes it at any time."""
+    data_policy: str = "raw"
+    """What of the data may reach the store (input examples of logged models, explanation
+    arrays and figures, sample grids): ``raw`` (as it is), ``synthetic`` (same schema and shape,
+    values that are no data row), ``none`` (nothing). Runs are tagged with it."""
 
     def check(self) -> None:
+        _require(
+            self.data_policy in DATA_POLICIES,
+            "tracking.data_policy",
+            f"must be one of {', '.join(DATA_POLICIES)}; got {self.data_policy!r}",
+        )
         _require(
             self.log_models in LOG_MODELS,
             "tracking.log_models",
             f"must be one of {', '.join(LOG_MODELS)}; got {self.log_models!r}",
+        )
+
+
+ATTACKS = ("fgsm", "pgd", "square")
+ADVERSARIAL_TRAINING = ("none", "pgd", "fgsm_rs")
+
+
+@dataclass
+class RobustnessSpec:
+    """Adversarial evaluation and training. Attacks run in the input's natural scale ([0, 1]
+    pixels; table features min–max scaled over the training split), the model in eval mode."""
+
+    evaluate: bool = False
+    """Attack every trial's model on the test split after training (the champion is attacked
+    whenever this is on; ``workbench attack RUN_ID`` attacks any run)."""
+    attacks: list[str] = field(default_factory=lambda: ["fgsm", "pgd"])
+    epsilons: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3])
+    pgd_steps: int = 20
+    pgd_restarts: int = 1
+    n_examples: int = 500
+    """Test examples attacked (the first n of the test split)."""
+    train: str = "none"
+    """Adversarial training: ``none``, ``pgd`` (Madry et al. 2018) or ``fgsm_rs`` (fast FGSM with
+    a random start, Wong et al. 2020)."""
+    epsilon: float = 0.1
+    """Training ε, in the natural scale; searchable as ``robustness.epsilon``."""
+    mix: float = 0.5
+    """Share of each training batch replaced by its adversarial version; searchable."""
+    train_steps: int = 7
+    """PGD steps per training batch (``train: pgd``)."""
+
+    def check(self) -> None:
+        for attack in self.attacks:
+            _require(
+                attack in ATTACKS,
+                "robustness.attacks",
+                f"unknown attack {attack!r}; choose from {', '.join(ATTACKS)}",
+            )
+        _require(bool(self.epsilons), "robustness.epsilons", "must list at least one ε")
+        for eps in self.epsilons:
+            _require(0 <= eps <= 1, "robustness.epsilons", f"each ε must be in [0, 1]; got {eps}")
+        _require(self.pgd_steps >= 1, "robustness.pgd_steps", "must be >= 1")
+        _require(self.pgd_restarts >= 1, "robustness.pgd_restarts", "must be >= 1")
+        _require(self.n_examples >= 1, "robustness.n_examples", "must be >= 1")
+        _require(
+            self.train in ADVERSARIAL_TRAINING,
+            "robustness.train",
+            f"must be one of {', '.join(ADVERSARIAL_TRAINING)}; got {self.train!r}",
+        )
+        _require(
+            0 < self.epsilon <= 1, "robustness.epsilon", f"must be in (0, 1]; got {self.epsilon}"
+        )
+        _require(0 <= self.mix <= 1, "robustness.mix", f"must be in [0, 1]; got {self.mix}")
+        _require(self.train_steps >= 1, "robustness.train_steps", "must be >= 1")
+
+
+@dataclass
+class PrivacySpec:
+    """Differentially private training (DP-SGD through Opacus): on when ``epsilon`` is set."""
+
+    epsilon: float | None = None
+    """The privacy budget to spend over the whole training (target ε)."""
+    delta: float | None = None
+    """Required with ``epsilon``; must be below 1 / (training rows), checked with the data."""
+    max_grad_norm: float = 1.0
+    """Per-example gradient clipping norm."""
+    accountant: str = "prv"
+    """Opacus' accountant: ``prv`` (default), ``rdp`` or ``gdp``."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.epsilon is not None
+
+    def check(self) -> None:
+        if self.epsilon is None:
+            _require(self.delta is None, "privacy.delta", "set privacy.epsilon too (or neither)")
+            return
+        _require(self.epsilon > 0, "privacy.epsilon", f"must be > 0; got {self.epsilon}")
+        _require(
+            self.delta is not None,
+            "privacy.delta",
+            "required with privacy.epsilon (below 1 / the number of training rows, e.g. 1e-5)",
+        )
+        _require(0 < self.delta < 1, "privacy.delta", f"must be in (0, 1); got {self.delta}")
+        _require(self.max_grad_norm > 0, "privacy.max_grad_norm", "must be > 0")
+        _require(
+            self.accountant in {"prv", "rdp", "gdp"},
+            "privacy.accountant",
+            f"must be prv, rdp or gdp; got {self.accountant!r}",
         )
 
 
@@ -391,6 +516,8 @@ class ExperimentSpec:
     study: StudySpec = field(default_factory=StudySpec)
     tracking: TrackingSpec = field(default_factory=TrackingSpec)
     explain: ExplainSpec = field(default_factory=ExplainSpec)
+    robustness: RobustnessSpec = field(default_factory=RobustnessSpec)
+    privacy: PrivacySpec = field(default_factory=PrivacySpec)
     search_space: dict[str, ParamSpec] = field(default_factory=dict)
     """Keys are model constructor arguments, or dotted spec fields such as ``data.batch_size``."""
 
@@ -403,7 +530,16 @@ class ExperimentSpec:
         for key, value in self.model.params.items():
             if key.endswith("checkpoint") and str(value).startswith(STUDY_REFERENCE):
                 check_name(str(value)[len(STUDY_REFERENCE) :], f"model.params.{key}")
-        parts = (self.data, self.backbone, self.trainer, self.study, self.tracking, self.explain)
+        parts = (
+            self.data,
+            self.backbone,
+            self.trainer,
+            self.study,
+            self.tracking,
+            self.explain,
+            self.robustness,
+            self.privacy,
+        )
         for part in parts:
             part.check()
         for key, param in self.search_space.items():

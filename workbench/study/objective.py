@@ -46,6 +46,7 @@ class Objective:
             self.claim.release()  # this trial is RUNNING: other processes count it now
         import lightning.pytorch as pl
 
+        from workbench.robustness import training_callbacks
         from workbench.study.ddp import pruning_callback
         from workbench.train import fit, module_from_spec
         from workbench.train.ddp import is_ddp
@@ -90,9 +91,14 @@ class Objective:
                 monitor=spec.study.metric,
                 mode=_mode(spec),
                 # Optuna cannot prune a trial with several objectives.
-                callbacks=[pruning_callback(trial, spec.study.metric, is_ddp(spec.trainer))]
-                if not spec.study.extra_objectives
-                else [],
+                callbacks=[
+                    *training_callbacks(spec, data),
+                    *(
+                        [pruning_callback(trial, spec.study.metric, is_ddp(spec.trainer))]
+                        if not spec.study.extra_objectives
+                        else []
+                    ),
+                ],
                 on_epoch=lambda epoch, metrics: _log_epoch(store, run_id, model, epoch, metrics),
             )
             _log_result(store, run_id, model, result, time.perf_counter() - started)

@@ -104,9 +104,12 @@ def data_from_spec(spec: ExperimentSpec) -> pl.LightningDataModule:
     if options["path"] is None:
         options.pop("path")
     extra = options.pop("options")
-    for unset in ("labels_per_class", "split_seed"):  # only families that take them, when set
-        if options[unset] is None:
+    for unset in ("labels_per_class", "split_seed", "k_anonymity"):  # only families that
+        if options[unset] is None:  # take them, when set
             options.pop(unset)
+    for empty in ("identifiers", "quasi_identifiers", "hash_identifiers"):  # tables only
+        if not options[empty]:
+            options.pop(empty)
     try:
         return registry.create_data(name, seed=spec.seed, **extra, **options)
     except TypeError as exc:  # an option the data family does not take

@@ -137,6 +137,23 @@ def main(argv: list[str] | None = None) -> int:
         help="requests with a larger body get 413 (default: 16)",
     )  # fmt: skip
 
+    attack = commands.add_parser(
+        "attack",
+        help="robust accuracy of a trained classifier under FGSM/PGD over a list of ε, with the "
+        "gradient-masking checks; logged to its run",
+    )
+    attack.add_argument("source", help="a run id, models:/NAME@ALIAS, study:NAME or a spec")
+    attack.add_argument("--root", default="mlruns", help="the workbench store (default: mlruns)")
+    attack.add_argument(
+        "--attacks", default=None, help="comma-separated: fgsm, pgd, square (default: the spec's)"
+    )
+    attack.add_argument(
+        "--epsilons", default=None, help="comma-separated L∞ radii in [0, 1] (default: the spec's)"
+    )
+    attack.add_argument("--steps", type=_at_least(1), default=None, help="PGD steps")
+    attack.add_argument("--restarts", type=_at_least(1), default=None, help="PGD restarts")
+    attack.add_argument("--n", type=_at_least(1), default=None, help="test examples attacked")
+
     monitor = commands.add_parser(
         "monitor",
         help="drift tests of a model's served (recorded) inputs against its training reference, "
@@ -231,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "export": _export,
         "serve": _serve,
         "monitor": _monitor,
+        "attack": _attack,
         "predict": _predict,
     }
     try:
@@ -488,6 +506,40 @@ def _serve(args: argparse.Namespace) -> int:
         return subprocess.call(command, env=serve_environment(model.store.tracking_uri))
     except KeyboardInterrupt:
         return 0
+
+
+def _attack(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from workbench.spec import SpecError
+    from workbench.trained_model import trained
+
+    model = trained(args.source, root=Path(args.root).resolve())
+    changes = {}
+    try:
+        if args.attacks is not None:
+            changes["attacks"] = [a.strip() for a in args.attacks.split(",") if a.strip()]
+        if args.epsilons is not None:
+            changes["epsilons"] = [float(e) for e in args.epsilons.split(",") if e.strip()]
+    except ValueError as exc:
+        raise SpecError(f"--epsilons: {exc}") from None
+    for flag, field_name in (
+        ("steps", "pgd_steps"),
+        ("restarts", "pgd_restarts"),
+        ("n", "n_examples"),
+    ):
+        if getattr(args, flag) is not None:
+            changes[field_name] = getattr(args, flag)
+    robustness = dataclasses.replace(model.spec.robustness, **changes)
+    robustness.check()  # a bad ε or attack is named before any work
+    from workbench.study.objective import attack_report, log_robustness
+
+    report = attack_report(model.network, model.data, robustness)
+    print(report.table())
+    if model.run_id is not None:
+        log_robustness(model.store, model.run_id, report)
+        print(f"logged to run {model.run_id} (robust/* metrics, robustness/ artifacts)")
+    return 0
 
 
 def _monitor(args: argparse.Namespace) -> int:

@@ -85,13 +85,34 @@ class TrainedModel:
 
     def explain(self, log: bool = True, **options):
         """SHAP and LIME with trust metrics (``workbench.explain.explain_model`` options); the
-        report is logged to this model's run when it has one and ``log`` is true."""
+        report is logged to this model's run when it has one and ``log`` is true.
+
+        Logged under ``tracking.data_policy: synthetic``, the report explains synthetic rows
+        (``tracking.sanitize``) instead of test rows, and that is the report returned (with
+        ``log=False``, the test rows); under ``none`` only its trust metrics are logged.
+        """
         from workbench import tracking
         from workbench.explain import explain_model
 
+        logged = log and self.run_id is not None and self.store is not None
+        policy = self.spec.tracking.data_policy
+        if logged and policy == "synthetic":
+            import inspect
+
+            import torch
+
+            defaults = inspect.signature(explain_model).parameters
+            n, seed = (options.get(k, defaults[k].default) for k in ("n", "seed"))
+            test_x, train_x = self.data.split("test")[0], self.data.split("train")[0]
+            rows = tracking.sanitize(
+                test_x[:n].cpu().numpy(), policy, seed, reference=train_x.cpu().numpy()
+            )
+            options["rows"] = torch.from_numpy(rows)
         report = explain_model(self.module, self.data, **options)
-        if log and self.run_id is not None and self.store is not None:
-            tracking.log_explanation(self.store, self.run_id, report)
+        if logged:
+            if policy == "synthetic":
+                report.settings["rows"] = "synthetic"
+            tracking.log_explanation(self.store, self.run_id, report, policy=policy)
         return report
 
 

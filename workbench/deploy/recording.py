@@ -7,8 +7,12 @@ buffered in memory and flushed by a background thread every ``flush_s`` seconds 
 ``flush_lines`` lines; files rotate at ``max_file_mb`` and only the newest ``max_files`` are
 kept, so the recording never holds more than ``max_files × max_file_mb``.
 
-There is no sanitising policy yet (issue 22): the files hold the inputs as clients sent them, so
-keep them where the data itself may be kept. Recording is off unless ``--record`` asks for it.
+A data ``policy`` decides what of the inputs is written (``workbench.tracking.sanitize``): under
+``raw`` (the default) the files hold them as clients sent them, so keep them where the data itself
+may be kept; under ``synthetic`` each request's rows are replaced by synthetic rows of the same
+shape (drawn in the writer thread, off the request path); under ``none`` a request is written as
+its row count only. Responses (the model's answers) are kept under every policy. Recording is off
+unless ``--record`` asks for it.
 """
 
 from __future__ import annotations
@@ -33,7 +37,11 @@ class Recorder:
         max_files: int = 8,
         flush_s: float = 1.0,
         flush_lines: int = 256,
+        policy: str = "raw",
     ) -> None:
+        from workbench.tracking.sanitize import check_policy
+
+        self.policy = check_policy(policy)
         if max_file_mb <= 0:
             raise ValueError(f"max_file_mb: must be positive, got {max_file_mb}")
         if max_files < 1:
@@ -43,6 +51,7 @@ class Recorder:
         self.max_file_bytes = int(max_file_mb * 1024 * 1024)
         self.max_files, self.flush_s, self.flush_lines = max_files, flush_s, flush_lines
         self._lines: list[bytes] = []
+        self._count = 0  # requests sanitised so far: each one's seed
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopped = False
@@ -83,12 +92,39 @@ class Recorder:
     def _flush(self) -> None:
         with self._lock:
             lines, self._lines = self._lines, []
+        if self.policy != "raw":
+            lines = [self._sanitized(line) for line in lines]
         for line in lines:
             if self._file is None or self._file.tell() + len(line) > self.max_file_bytes:
                 self._rotate()
             self._file.write(line)
         if self._file is not None:
             self._file.flush()
+
+    def _sanitized(self, line: bytes) -> bytes:
+        """A recorded line with its request's rows as the policy allows (``sanitize``); a body
+        with no ``inputs``/``instances`` array keeps nothing of its request."""
+        from workbench.tracking.sanitize import sanitize
+
+        self._count += 1
+        try:
+            record = json.loads(line)
+        except ValueError:  # a body that is not JSON
+            record = {}
+        request = record.get("request")
+        found = (
+            request.get("inputs", request.get("instances")) if isinstance(request, dict) else None
+        )
+        try:
+            rows = None if found is None else np.asarray(found, dtype=np.float32)
+        except (ValueError, TypeError):  # ragged or not numbers
+            rows = None
+        request = {"rows": None}
+        if rows is not None and rows.ndim > 0:
+            kept = sanitize(rows, self.policy, seed=self._count)
+            request = {"rows": len(rows)} if kept is None else {"inputs": kept.tolist()}
+        record = {"t": record.get("t"), "request": request, "response": record.get("response")}
+        return json.dumps(record).encode() + b"\n"
 
     def _rotate(self) -> None:
         if self._file is not None:

@@ -100,6 +100,7 @@ def explain_model(
     seed: int = 0,
     target_class: int | None = None,
     settings: Mapping[str, Mapping[str, Any]] | None = None,
+    rows: torch.Tensor | None = None,
 ) -> ExplanationReport:
     """Explain the first ``n`` test inputs of a classifier with the ``methods`` of ``EXPLAINERS``.
 
@@ -108,6 +109,8 @@ def explain_model(
     Each input is explained for its predicted class, or for ``target_class`` when given (SHAP
     and LIME values are per class: explaining another class answers "what speaks for class k?").
     ``settings``: per method options over the defaults, e.g. ``{"lime": {"patch": 2}}``.
+    ``rows``: model inputs to explain in place of the test inputs (e.g. synthetic rows under a
+    data policy: ``workbench.trained(...).explain()``); they have no true labels.
     """
     known = ", ".join(repr(name) for name in EXPLAINERS)
     if set(methods) - set(EXPLAINERS) or not methods:
@@ -122,7 +125,7 @@ def explain_model(
     if data.model_kwargs().get("task") == "regression":
         raise ValueError("data: explanations are built for classifiers, not regression targets")
     subject, probabilities, labels, display = _prepare(
-        network, data, n, background, seed, target_class
+        network, data, n, background, seed, target_class, rows
     )
     options = {
         "shap": {"explainer": shap_method, "nsamples": shap_samples},
@@ -160,16 +163,22 @@ def explain_model(
         found, curves = _trust(network, subject, explanations, attribute, steps, seed)
         scores.update(found)
     used = {"n": len(inputs), "seed": seed, "steps": steps, "methods": list(methods)}
+    used["rows"] = "test" if rows is None else "given"
     return ExplanationReport(kind, explanations, scores, curves, used)
 
 
-def _prepare(network, data, n: int, background: int, seed: int, target_class: int | None):
-    """The inputs to explain with what the methods draw on, the model's probabilities, the true
-    labels and the inputs as a person reads them."""
+def _prepare(
+    network, data, n: int, background: int, seed: int, target_class: int | None, given=None
+):
+    """The inputs to explain (the first ``n`` test inputs, or those ``given``) with what the
+    methods draw on, the model's probabilities, the true labels and the inputs as a person reads
+    them."""
     test_x, test_y = data.split("test")
     train_x, _ = data.split("train")
     kind = _kind(data, test_x)
     inputs, labels = test_x[:n].cpu(), test_y[:n].numpy()
+    if given is not None:
+        inputs, labels = given.cpu(), None
     try:
         probabilities = predict_proba(network, inputs)
     except RuntimeError as exc:

@@ -6,6 +6,8 @@ wraps it with the loss, metrics and optimiser.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -14,7 +16,11 @@ from workbench.registry import register_model
 
 
 class ConvNet(nn.Module):
-    """``depth`` blocks of conv, batch-norm, ReLU, 2×2 max-pool; channels double from ``width``."""
+    """``depth`` blocks of conv, batch-norm, ReLU, 2×2 max-pool; channels double from ``width``.
+
+    ``norm="group"`` puts GroupNorm where batch norm was, as Opacus' ``ModuleValidator.fix``
+    does: differentially private training (DP-SGD) cannot train batch norm.
+    """
 
     def __init__(
         self,
@@ -24,15 +30,21 @@ class ConvNet(nn.Module):
         depth: int = 2,
         hidden: int = 128,
         dropout: float = 0.25,
+        norm: str = "batch",
     ) -> None:
         super().__init__()
+        if norm not in ("batch", "group"):
+            raise ValueError(f"norm: must be batch or group; got {norm!r}")
         channels, height, width_px = input_shape
         layers: list[nn.Module] = []
         for block in range(depth):
             out = width * 2**block
             # A fresh, non-in-place ReLU per use: SHAP's DeepExplainer mis-attributes shared or
             # in-place activations (shap#1479, shap#3466).
-            layers += [nn.Conv2d(channels, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU()]
+            normalise = (
+                nn.BatchNorm2d(out) if norm == "batch" else nn.GroupNorm(math.gcd(32, out), out)
+            )
+            layers += [nn.Conv2d(channels, out, 3, padding=1), normalise, nn.ReLU()]
             if min(height, width_px) >= 2:
                 layers.append(nn.MaxPool2d(2))
                 height, width_px = height // 2, width_px // 2
@@ -66,11 +78,12 @@ class CNNModule(SupervisedModule):
         dropout: float = 0.25,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
+        norm: str = "batch",
     ) -> None:
         super().__init__(num_classes, task)
         self.save_hyperparameters()
         outputs = self.output_size(num_classes, task)
-        self.net = ConvNet(tuple(input_shape), outputs, width, depth, hidden, dropout)
+        self.net = ConvNet(tuple(input_shape), outputs, width, depth, hidden, dropout, norm)
 
     def backbone_blocks(self) -> list[nn.Module]:
         """The convolutional blocks (conv, batch norm, ReLU, pool), each one a block."""

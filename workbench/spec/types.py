@@ -17,6 +17,9 @@ from typing import Any
 STUDY_REFERENCE = "study:"
 LOG_MODELS = ("best", "all")  # tracking.log_models
 DATA_POLICIES = ("raw", "synthetic", "none")  # tracking.data_policy
+# study.extra_objectives; robust/val_acc: PGD accuracy at robustness.objective_epsilon on the
+# validation split
+EXTRA_OBJECTIVES = ("params/count", "latency/batch1_ms", "robust/val_acc")
 FREEZE_RULE = re.compile(r"all|none|first_[1-9][0-9]*")  # backbone.freeze
 RUN_ID_RULE = re.compile(r"[0-9a-f]{8,64}")  # MLflow run ids are 32 hex digits
 # Study, experiment and registered-model names become MLflow filter values, Optuna keys and
@@ -313,9 +316,9 @@ class StudySpec:
         _require(self.retries >= 0, "study.retries", "must be >= 0")
         for name, direction in self.extra_objectives.items():
             _require(
-                name in {"params/count", "latency/batch1_ms"},
+                name in EXTRA_OBJECTIVES,
                 f"study.extra_objectives.{name}",
-                "supported: params/count, latency/batch1_ms",
+                f"supported: {', '.join(EXTRA_OBJECTIVES)}",
             )
             _require(
                 direction in {"maximize", "minimize"},
@@ -399,6 +402,9 @@ class RobustnessSpec:
     """Share of each training batch replaced by its adversarial version; searchable."""
     train_steps: int = 7
     """PGD steps per training batch (``train: pgd``)."""
+    objective_epsilon: float = 0.1
+    """The PGD radius of the ``robust/val_acc`` objective (``study.extra_objectives``), fixed
+    while the training ``epsilon`` is searched."""
 
     def check(self) -> None:
         for attack in self.attacks:
@@ -423,6 +429,11 @@ class RobustnessSpec:
         )
         _require(0 <= self.mix <= 1, "robustness.mix", f"must be in [0, 1]; got {self.mix}")
         _require(self.train_steps >= 1, "robustness.train_steps", "must be >= 1")
+        _require(
+            0 < self.objective_epsilon <= 1,
+            "robustness.objective_epsilon",
+            f"must be in (0, 1]; got {self.objective_epsilon}",
+        )
 
 
 @dataclass

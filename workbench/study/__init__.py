@@ -51,6 +51,10 @@ def run_study(
 
     data = data_from_spec(spec)
     data.setup()  # a missing or broken data file fails here, before any run is opened
+    if spec.privacy.enabled:  # δ below 1 / training rows, checked before any run is opened
+        from workbench.robustness.privacy import check_privacy
+
+        check_privacy(spec.privacy, data)
     if spec.backbone.source is not None:
         from workbench.train import backbone_of, module_from_spec
 

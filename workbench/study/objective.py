@@ -99,13 +99,17 @@ class Objective:
                         else []
                     ),
                 ],
-                on_epoch=lambda epoch, metrics: _log_epoch(store, run_id, model, epoch, metrics),
+                on_epoch=lambda epoch, metrics: _log_epoch(
+                    store, run_id, model, epoch, metrics, spec.tracking.data_policy
+                ),
             )
             _log_result(store, run_id, model, result, time.perf_counter() - started)
+            if spec.robustness.evaluate:
+                log_robustness(store, run_id, attack_report(model.net, data, spec.robustness))
             if spec.tracking.log_models == "all":  # else the champion's, when the study ends
                 logged = log_trained(
                     store, run_id, model, data, result.history, result.confusion,
-                    result.reliability,
+                    result.reliability, spec.tracking.data_policy,
                 )  # fmt: skip
                 trial.set_user_attr("model_uri", logged)
         trial.set_user_attr("checkpoint", result.checkpoint)
@@ -115,7 +119,8 @@ class Objective:
         if result.reliability is not None:
             trial.set_user_attr("reliability", result.reliability.tolist())
         if spec.study.extra_objectives:
-            extra = objective_values(model.net, data, spec.study.extra_objectives)
+            extra = objective_values(model.net, data, spec.study.extra_objectives, spec)
+            tracking.log_metrics(store, run_id, extra)
             trial.set_user_attr("objectives", extra)
             return (result.best_score, *extra.values())
         return result.best_score  # Optuna's gc_after_trial frees the model afterwards
@@ -174,15 +179,19 @@ def _log_result(store, run_id: str, model, result, fit_s: float) -> None:
     )
 
 
-def log_trained(store, run_id: str, model, data, history, confusion, reliability=None) -> str:
-    """A trained model into its run: the network as an MLflow model (signature, input example),
-    its learning curves and, for a classifier, its test confusion matrix and reliability
-    diagram. Its model URI."""
+def log_trained(
+    store, run_id: str, model, data, history, confusion, reliability=None, policy: str = "raw"
+) -> str:
+    """A trained model into its run: the network as an MLflow model (signature, input example
+    as the data ``policy`` allows), its learning curves and, for a classifier, its test
+    confusion matrix and reliability diagram. Its model URI."""
     from workbench import plots
 
-    model_uri = tracking.log_model(
-        store, run_id, model.net, model.example_input(data, 2).cpu().numpy()
-    )
+    example, reference = model.example_input(data, 2).cpu().numpy(), None
+    train = data.split("train")[0]  # synthetic examples take its statistics, where it fits
+    if policy != "raw" and train.shape[1:] == example.shape[1:]:
+        reference = train.cpu().numpy()
+    model_uri = tracking.log_model(store, run_id, model.net, example, policy, reference)
     tracking.log_figure(store, run_id, plots.learning_curves(history), "plots/learning_curves.png")
     if confusion is not None:
         tracking.log_figure(
@@ -224,7 +233,8 @@ def log_champion(spec: ExperimentSpec, trial, store, data) -> str | None:
     history = tracking.run_history(store.tracking_uri, run_id)
     matrix = None if confusion is None else np.asarray(confusion)
     bins = None if reliability is None else np.asarray(reliability)
-    return log_trained(store, run_id, module, trial_data, history, matrix, bins)
+    policy = spec.tracking.data_policy
+    return log_trained(store, run_id, module, trial_data, history, matrix, bins, policy)
 
 
 def _repeats(trial: optuna.Trial) -> int | None:
@@ -239,19 +249,44 @@ def _repeats(trial: optuna.Trial) -> int | None:
     return None
 
 
-def _log_epoch(store, run_id: str, model, epoch: int, metrics: dict[str, float]) -> None:
-    """An epoch's metrics, and the figures the model draws (samples, reconstructions) if any."""
+def _log_epoch(
+    store, run_id: str, model, epoch: int, metrics: dict[str, float], policy: str = "raw"
+) -> None:
+    """An epoch's metrics, and the figures the model draws (samples, reconstructions) if any.
+    The figures are drawn from data the model holds (a reconstruction draws validation
+    images), which no sanitising step reaches: under a data policy other than ``raw`` none
+    is logged."""
     tracking.log_metrics(store, run_id, metrics, epoch)
-    if isinstance(model, DrawsEpochFigures):
+    if isinstance(model, DrawsEpochFigures) and policy == "raw":
         for name, figure in model.epoch_figures().items():
             tracking.log_figure(store, run_id, figure, f"plots/{name}/epoch_{epoch:03d}.png")
 
 
-EXTRA_OBJECTIVES = ("params/count", "latency/batch1_ms")
+def attack_report(network, data, robustness):
+    """The spec's adversarial evaluation of a trained network (``robustness`` section)."""
+    from workbench.robustness.attacks import evaluate
+
+    return evaluate(
+        network, data, robustness.attacks, robustness.epsilons, robustness.pgd_steps,
+        robustness.pgd_restarts, robustness.n_examples,
+    )  # fmt: skip
 
 
-def objective_values(network, data, names) -> dict[str, float]:
-    """Secondary objectives of a multi-objective study, measured on the trained network."""
+def log_robustness(store, run_id: str, report) -> None:
+    """Robust accuracies as ``robust/*`` metrics, the accuracy-against-ε plot, the table, and a
+    ``workbench.robustness.warning`` tag when a masking check failed."""
+    tracking.log_metrics(store, run_id, report.metrics())
+    tracking.log_figure(store, run_id, report.plot(), "robustness/accuracy_vs_epsilon.png")
+    tracking.log_text(store, run_id, report.table() + "\n", "robustness/report.txt")
+    if report.warnings:
+        tracking.set_tags(
+            store, run_id, {"workbench.robustness.warning": "; ".join(report.warnings)}
+        )
+
+
+def objective_values(network, data, names, spec: ExperimentSpec | None = None) -> dict[str, float]:
+    """Secondary objectives of a multi-objective study, measured on the trained network, in the
+    order of ``names``."""
     from workbench.compress.report import latency_ms
 
     values = {}
@@ -261,6 +296,17 @@ def objective_values(network, data, names) -> dict[str, float]:
         elif name == "latency/batch1_ms":
             example = data.split("test")[0][:1]
             values[name] = latency_ms(network.cpu().eval(), example, repeats=20)
+        elif name == "robust/val_acc":  # PGD on the validation split: a study chooses on it
+            from workbench.robustness.attacks import robust_accuracy
+
+            robustness = spec.robustness
+            values[name] = robust_accuracy(
+                network,
+                data,
+                robustness.objective_epsilon,
+                robustness.pgd_steps,
+                robustness.n_examples,
+            )
     return values
 
 

@@ -230,6 +230,7 @@ def run_tags(
         "data.fingerprint": data.fingerprint_,
         "data.split_seed": str(spec.split_seed()),
         "model.name": spec.model.name,
+        tracking.DATA_POLICY: spec.tracking.data_policy,
     }
     if trial is not None:
         tags[tracking.TRIAL] = str(trial)

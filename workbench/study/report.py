@@ -200,6 +200,23 @@ def _champion(spec, store, champion, champion_run) -> str:
         parts += [_image(data, Path(path).stem) for path, data in explained.items()]
     if trust.get("trust"):
         parts.append(f"<pre>{_e(json.dumps(trust['trust'], indent=1, default=str))}</pre>")
+    parts.append(_robustness(store, champion_run))
+    return "".join(parts)
+
+
+def _robustness(store, run_id: str) -> str:
+    """The champion's adversarial evaluation, when it has one; a failed masking check is said
+    in a line of its own."""
+    table = tracking.read_artifacts(store, run_id, "robustness", ".txt")
+    if not table:
+        return ""
+    parts = ["<h3>Under attack</h3>"]
+    warning = tracking.run_tags(store, run_id).get("workbench.robustness.warning")
+    if warning:
+        parts.append(f"<p class='note'><b>Gradient-masking warning:</b> {_e(warning)}</p>")
+    parts += [f"<pre>{_e(data.decode())}</pre>" for data in table.values()]
+    figures = tracking.read_artifacts(store, run_id, "robustness", ".png")
+    parts += [_image(data, "accuracy against ε") for data in figures.values()]
     return "".join(parts)
 
 

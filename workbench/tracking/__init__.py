@@ -20,6 +20,12 @@ from mlflow.tracking import MlflowClient
 ROLE, STUDY, TRIAL = "workbench.role", "workbench.study", "workbench.trial"
 PARENT = "mlflow.parentRunId"
 
+from workbench.tracking.sanitize import (  # noqa: E402
+    DATA_POLICY,
+    check_policy,
+    sanitize,
+    synthetic_like,
+)
 from workbench.tracking.store import (  # noqa: E402
     Store,
     check_sqlite_file,
@@ -225,19 +231,44 @@ def log_environment(store: Store, run_id: str, env: dict[str, Any]) -> None:
     set_tags(store, run_id, environment_tags(env))
 
 
-def log_explanation(store: Store, run_id: str, report, prefix: str = "explain") -> None:
+def log_explanation(
+    store: Store, run_id: str, report, prefix: str = "explain", policy: str = "raw"
+) -> None:
     """An explanation report into a run: PNG plots, the arrays (.npz), trust metrics (JSON and
-    MLflow metrics)."""
+    MLflow metrics).
+
+    Under data policy ``synthetic`` the report must explain synthetic rows (``sanitize``; its
+    ``settings["rows"]`` says so), else it is refused; under ``none`` only what sums over the
+    rows is logged: the trust metrics and the faithfulness curves.
+    """
     import numpy as np
 
-    for name, figure in report.figures().items():
+    if check_policy(policy) == "synthetic" and report.settings.get("rows") != "synthetic":
+        raise ValueError(
+            "data_policy synthetic: this report explains data rows; explain synthetic rows "
+            "(sanitize(..., 'synthetic')) to log it"
+        )
+    figures = report.figures()
+    if policy == "none":
+        figures = {name: f for name, f in figures.items() if name == "faithfulness"}
+    for name, figure in figures.items():
         log_figure(store, run_id, figure, f"{prefix}/{name}.png")
+    if policy == "none":
+        _log_trust(store, run_id, report, prefix)
+        return
     arrays = {name: e.attributions for name, e in report.explanations.items()}
     first = next(iter(report.explanations.values()))
     arrays.update(inputs=first.display, targets=first.targets, probabilities=first.probabilities)
     if first.labels is not None:
         arrays["labels"] = np.asarray(first.labels)
     log_arrays(store, run_id, f"{prefix}/attributions.npz", **arrays)
+    _log_trust(store, run_id, report, prefix)
+
+
+def _log_trust(store: Store, run_id: str, report, prefix: str) -> None:
+    """The trust metrics (JSON and MLflow metrics): numbers over all explained rows."""
+    import numpy as np
+
     log_json(
         store, run_id, {"trust": report.trust, "settings": report.settings}, f"{prefix}/trust.json"
     )
@@ -269,7 +300,9 @@ from workbench.tracking.models import (  # noqa: E402
 )
 
 __all__ = [
+    "DATA_POLICY",
     "Store",
+    "check_policy",
     "check_sqlite_file",
     "child_run",
     "child_runs",
@@ -297,7 +330,9 @@ __all__ = [
     "run_history",
     "run_spec",
     "run_tags",
+    "sanitize",
     "scoring_app",
     "set_tags",
     "start_run",
+    "synthetic_like",
 ]

@@ -8,12 +8,25 @@ from typing import Any
 import mlflow
 
 from workbench.tracking import STUDY, Store, filter_value
+from workbench.tracking.sanitize import sanitize, synthetic_like
 
 
-def log_model(store: Store, run_id: str, network, input_example) -> str:
+def log_model(
+    store: Store,
+    run_id: str,
+    network,
+    input_example,
+    policy: str = "raw",
+    reference=None,
+    seed: int = 0,
+) -> str:
     """Log a plain network with MLflow's PyTorch flavour (torch.export ``.pt2``, no pickle).
 
     The input example must hold at least two rows so the exported batch dimension stays dynamic.
+    It goes through ``sanitize`` under ``policy`` (``reference``: rows whose statistics synthetic
+    rows take, e.g. the training split): ``synthetic`` saves synthetic rows as the example;
+    ``none`` saves none, and the model still gets its signature and its traced graph from
+    synthetic rows that are not kept (MLflow saves no example given as a tuple of tensors).
     Requirements are given explicitly: inferring them re-imports the model and costs seconds.
     MLflow's own check of the serving example (load the saved model back, predict, warn on
     failure) is off: it costs ~0.2 s a trial. The tests do it instead (tests/test_deploy.py),
@@ -22,13 +35,24 @@ def log_model(store: Store, run_id: str, network, input_example) -> str:
     import mlflow.pytorch
     import torch
 
+    network = network.eval().cpu()
+    example, signature = sanitize(input_example, policy, seed, reference), None
+    if example is None:  # policy none
+        from mlflow.models import infer_signature
+
+        traced = synthetic_like(input_example, seed, reference)
+        with torch.no_grad():
+            output = network(torch.from_numpy(traced)).numpy()
+        signature = infer_signature(traced, output)
+        example = (torch.from_numpy(traced),)
     before = store.client.get_run(run_id).info  # a finished run (the champion's) stays as it was
     try:
         with mlflow.start_run(run_id=run_id, nested=True):
             info = mlflow.pytorch.log_model(
-                network.eval().cpu(),
+                network,
                 name="model",
-                input_example=input_example,
+                input_example=example,
+                signature=signature,
                 pip_requirements=[
                     f"torch=={torch.__version__.split('+')[0]}",
                     f"mlflow=={mlflow.__version__}",

@@ -74,10 +74,11 @@ class DataSpec:
     options: dict[str, Any] = field(default_factory=dict)
     """Arguments of the data family itself, e.g. ``{length: 100}`` for ``adding``."""
     identifiers: list[str] = field(default_factory=list)
-    """Table columns that identify a person (name, e-mail, record number): removed before
-    training and logging (``hash_identifiers``: replaced by a salted hash instead, never a
-    feature). Any policy: they never reach the store."""
+    """Table columns that identify a person (name, e-mail, record number): dropped as the table
+    is read, before training and logging, whatever the policy: they never reach the store."""
     hash_identifiers: bool = False
+    """Accepted for a salted-hash key; nothing in training uses a per-row key, so the columns are
+    dropped either way."""
     quasi_identifiers: dict[str, int] = field(default_factory=dict)
     """Table columns that identify in combination (age, postcode): column → number of
     equal-frequency bins each is generalised into before training."""

@@ -239,8 +239,9 @@ def run_tags(
 
 def run_environment(spec: ExperimentSpec) -> dict[str, Any]:
     """This process's environment (read once per process), with the determinism the spec asks of
-    its Trainer."""
-    return environment.capture(deterministic=spec.trainer.deterministic)
+    its Trainer; the spec's data file is cut out of its git diff."""
+    env = environment.capture(deterministic=spec.trainer.deterministic)
+    return tracking.without_data_files(env, [spec.data.path] if spec.data.path else [])
 
 
 def _commit_label(git: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ from workbench.tracking.sanitize import (  # noqa: E402
     check_policy,
     sanitize,
     synthetic_like,
+    without_data_files,
 )
 from workbench.tracking.store import (  # noqa: E402
     Store,
@@ -335,4 +336,5 @@ __all__ = [
     "set_tags",
     "start_run",
     "synthetic_like",
+    "without_data_files",
 ]

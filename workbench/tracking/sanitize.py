@@ -8,6 +8,7 @@ logs nothing of them. Every run is tagged with its policy (``DATA_POLICY``).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -90,3 +91,29 @@ def _synthetic_column(column, source, rng: np.random.Generator, name) -> np.ndar
 
 def _is_frame(values: Any) -> bool:
     return hasattr(values, "columns") and hasattr(values, "to_numpy")
+
+
+def without_data_files(env: dict, paths: list, root=None) -> dict:
+    """``env`` (``workbench.environment.capture()``) with the data files (or folders) ``paths``
+    cut out of its git diff: a table kept in the checkout, untracked or edited, would otherwise
+    reach the store whole, identifiers included, in every run's ``environment/diff.patch``.
+    ``root``: the checkout the diff was taken in (default: this package's)."""
+    from pathlib import Path
+
+    git = env.get("git") or {}
+    if not git.get("diff") or not paths:
+        return env
+    if root is None:
+        from workbench.environment import package_repo
+
+        root = package_repo()
+    if root is None:
+        return env
+    data = {Path(p).expanduser().resolve() for p in paths}
+    kept = []
+    for section in re.split(r"(?m)^(?=diff --git a/)", git["diff"]):
+        found = re.match(r"diff --git a/(.+?) b/", section)
+        file = (Path(root) / found.group(1)).resolve() if found else None
+        if file is None or not ({file, *file.parents} & data):  # the file, or in a data folder
+            kept.append(section)
+    return {**env, "git": {**git, "diff": "".join(kept)}}

@@ -113,7 +113,21 @@ def data_from_spec(spec: ExperimentSpec) -> pl.LightningDataModule:
     try:
         return registry.create_data(name, seed=spec.seed, **extra, **options)
     except TypeError as exc:  # an option the data family does not take
+        for field_name, families in TABLE_FIELDS.items():
+            if field_name in options and f"'{field_name}'" in str(exc):
+                raise SpecError(
+                    f"data.{field_name}: applies to tables only ({families}), not {name!r}"
+                ) from exc
         raise SpecError(f"data.options: {exc}") from exc
+
+
+# Data fields only table families take, and which take them.
+TABLE_FIELDS = {
+    "identifiers": "csv",
+    "hash_identifiers": "csv",
+    "quasi_identifiers": "csv, breast_cancer, wine",
+    "k_anonymity": "csv, breast_cancer, wine",
+}
 
 
 def module_from_spec(

@@ -498,10 +498,14 @@ def _serve(args: argparse.Namespace) -> int:
         from workbench.monitor.monitor import recordings_of
 
         record = Path(args.record) if args.record else recordings_of(root, model.run_id)
-    command = serve_command(uri, args.host, args.port, record, args.max_body_mb)
+    policy = model.spec.tracking.data_policy  # the model's study's policy holds for its inputs
+    command = serve_command(uri, args.host, args.port, record, args.max_body_mb, policy)
     print(f"serving {uri} at http://{args.host}:{args.port}/invocations (Ctrl-C stops)")
     if record is not None:
-        print(f"recording answered requests under {record} (`workbench monitor` reads them)")
+        print(
+            f"recording answered requests under {record} (data policy {policy}; "
+            "`workbench monitor` reads them)"
+        )
     try:
         return subprocess.call(command, env=serve_environment(model.store.tracking_uri))
     except KeyboardInterrupt:

@@ -40,12 +40,15 @@ def serve_command(
     port: int = 5001,
     record: str | Path | None = None,
     max_body_mb: float = DEFAULT_MAX_BODY_MB,
+    data_policy: str = "raw",
 ) -> list[str]:
     """The command line of the scoring server for ``model_uri`` in this environment; with
-    ``record``, answered requests are written under that directory."""
+    ``record``, answered requests are written under that directory (through ``data_policy``)."""
     command = [sys.executable, "-m", "workbench.deploy.serve", model_uri]
     command += ["--host", host, "--port", str(port), "--max-body-mb", f"{max_body_mb:g}"]
-    return command + (["--record", str(record)] if record is not None else [])
+    if record is None:
+        return command
+    return command + ["--record", str(record), "--data-policy", data_policy]
 
 
 def scoring_app(model_uri: str, max_body_mb: float = DEFAULT_MAX_BODY_MB, recorder=None):
@@ -255,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record", help="write answered requests under this directory")
     parser.add_argument("--record-file-mb", type=float, default=16.0)
     parser.add_argument("--record-files", type=int, default=8)
+    parser.add_argument(
+        "--data-policy", default="raw", help="what of the inputs is recorded: raw, synthetic, none"
+    )
     args = parser.parse_args(argv)
     import uvicorn
 
@@ -262,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
 
     recorder = None
     if args.record:
-        recorder = Recorder(args.record, args.record_file_mb, args.record_files)
+        recorder = Recorder(
+            args.record, args.record_file_mb, args.record_files, policy=args.data_policy
+        )
         # uvicorn shuts down gracefully on SIGTERM and then raises it again under the handler
         # that was in place before it ran: this one, so the recorder's last lines are flushed.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

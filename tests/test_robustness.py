@@ -172,7 +172,7 @@ def test_robust_study_two_objectives_and_the_attack_command(tmp_path):
     )
     spec = load_spec(EXPERIMENTS / "mnist_cnn_robust.yaml", overrides)
     result = run_study(spec, trials=2)
-    trials = result.study.trials
+    trials = result.load_study().trials
     assert [len(t.values) for t in trials] == [2, 2]
     assert all(0 <= t.values[1] <= 1 for t in trials)
     client = MlflowClient(result.tracking_uri)

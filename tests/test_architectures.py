@@ -31,6 +31,8 @@ from workbench.train import data_from_spec
 SIZES: dict[str, dict[str, object]] = {  # "null": no subsample
     "digits_cnn": {"data.max_samples": 600, "trainer.max_epochs": 3},
     "breast_cancer_mlp": {"data.max_samples": "null", "trainer.max_epochs": 5},
+    "breast_cancer_mlp_dp": {"data.max_samples": "null", "trainer.max_epochs": 5},
+    "mnist_cnn_dp": {"data.max_samples": 1000, "trainer.max_epochs": 3},
     "seqmnist_lstm": {"data.max_samples": 1000, "trainer.max_epochs": 3},
     "seqmnist_transformer": {
         "data.max_samples": 600,
@@ -89,6 +91,7 @@ SLOW = {  # over ~20 s on a loaded 2-core machine
     "cartpole_dqn",
     "mnist_transfer",
     "digits_transfer",
+    "mnist_cnn_dp",
 }
 FIGURES = {
     "mnist_autoencoder": ["plots/reconstructions"],

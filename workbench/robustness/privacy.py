@@ -73,10 +73,11 @@ def spent_epsilon(
 
 @contextlib.contextmanager
 def _quiet_accounting() -> Iterator[None]:
-    """Opacus' PRV accountant bounds its numerical domain with an RDP bound, which warns when
-    its optimal order is the largest tried: a looser domain, not a looser ε. Without
-    torchcsprng (``secure_mode``) every engine warns that its RNG is not secure: this is a
-    research workbench, and the README says so."""
+    """Opacus' PRV accountant sizes its numerical domain with an RDP bound, which warns when
+    its best order is the largest tried: a wider domain, not a larger ε (with ``rdp`` itself,
+    an ε a little above the tightest, still an upper bound). Without torchcsprng every engine
+    warns that its RNG is not cryptographically secure (``secure_mode``): fine for research,
+    not for a release trained on real people's data."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Optimal order is the largest alpha")
         warnings.filterwarnings("ignore", message=r"Secure RNG turned off")
@@ -186,6 +187,8 @@ class DifferentialPrivacy(pl.Callback):
 
         if len(trainer.optimizers) != 1:
             raise ValueError("privacy: DP-SGD wraps a single optimiser")
+        if trainer.max_epochs is None or trainer.max_epochs < 1:
+            raise ValueError("trainer.max_epochs: DP-SGD calibrates its noise to a set length")
         data = self._datamodule
         loader = DataLoader(TensorDataset(*data.split("train")), batch_size=data.batch_size)
         with _quiet_accounting():

@@ -258,3 +258,27 @@ def test_drift_notebook_runs_in_smoke_mode(tmp_path: Path):
     lines = [line.split() for line in text.splitlines() if line.strip().startswith(("0-", "100-"))]
     assert [line[-1] for line in lines[-2:]] == ["no", "yes"]  # clean window, rotated window
     assert "monitoring run" in text and "errors" in text
+
+
+@pytest.mark.slow
+def test_robustness_and_privacy_notebook_runs_in_smoke_mode(tmp_path: Path):
+    """Both CNNs (adversarially trained and standard) on 300 images for one epoch, attacked at
+    two ε on 40 test images; the DP-SGD model trained and its spent ε printed."""
+    root = tmp_path / "mlruns"
+    cells, images = _execute(
+        "06_robustness_and_privacy.ipynb",
+        tmp_path,
+        {
+            "robust_spec_path": str(EXPERIMENTS / "mnist_cnn_robust.yaml"),
+            "private_spec_path": str(EXPERIMENTS / "breast_cancer_mlp_dp.yaml"),
+            "root": str(root),
+            "overrides": [*tiny(root)[1:], "robustness.evaluate=false"],
+            "epsilons": [0.1, 0.3],
+            "n_examples": 40,
+            "pgd_steps": 3,
+        },
+    )
+    text = _text(cells)
+    assert len(images) >= 1  # the accuracy-against-ε figure
+    assert "adversarially trained" in text and "standard" in text
+    assert "ε" in text

@@ -20,6 +20,8 @@ SCRIPTS = [
     "fixed_costs.py",
     "drift_power.py",  # needs the demo's champion: `make demo` first
     "serve_load.py",
+    "robustness.py",  # ~25 min: two CNNs over 3 seeds, attacked
+    "privacy_utility.py",  # ~30 min: DP-SGD at three ε, 3 seeds, MLP and CNN
 ]
 
 if __name__ == "__main__":

@@ -33,6 +33,9 @@ SIZES: dict[str, dict[str, object]] = {  # "null": no subsample
     "breast_cancer_mlp": {"data.max_samples": "null", "trainer.max_epochs": 5},
     "breast_cancer_mlp_dp": {"data.max_samples": "null", "trainer.max_epochs": 5},
     "mnist_cnn_dp": {"data.max_samples": 1000, "trainer.max_epochs": 3},
+    # Fully adversarial batches learn slower: one epoch on 300 images stays near chance.
+    "mnist_cnn_robust": {"data.max_samples": 1000, "trainer.max_epochs": 3},
+    "mnist_cnn_robust_front": {"data.max_samples": 1000, "trainer.max_epochs": 3},
     "seqmnist_lstm": {"data.max_samples": 1000, "trainer.max_epochs": 3},
     "seqmnist_transformer": {
         "data.max_samples": 600,
@@ -92,6 +95,8 @@ SLOW = {  # over ~20 s on a loaded 2-core machine
     "mnist_transfer",
     "digits_transfer",
     "mnist_cnn_dp",
+    "mnist_cnn_robust",
+    "mnist_cnn_robust_front",
 }
 FIGURES = {
     "mnist_autoencoder": ["plots/reconstructions"],

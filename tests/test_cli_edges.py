@@ -193,6 +193,9 @@ def test_sigterm_to_workbench_ui_stops_both_servers(tmp_path: Path, signum):
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        # As a terminal starts it: a suite run under nohup would pass SIGHUP on ignored, and
+        # `workbench ui` keeps an ignored SIGHUP ignored (nohup's request).
+        preexec_fn=_default_stop_signals,
     )
     tree, groups = [], set()
     try:
@@ -238,3 +241,8 @@ def test_predict_against_a_dead_url_names_it_without_a_traceback(tmp_path: Path)
     assert "Traceback" not in done.stderr
     assert f"workbench: cannot reach a model server at {url}" in done.stderr
     assert "workbench serve" in done.stderr
+
+
+def _default_stop_signals() -> None:
+    for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)

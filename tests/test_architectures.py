@@ -329,8 +329,10 @@ def _first_epoch_of_trial_0(
 # checked by test_models (same seed, same weights) and its study path above.
 SEED_SKIP = STUDY_SKIP | {
     # The same model code, seeded the same way, as a case kept here: adding_lstm (the recurrent
-    # base of rnn, lstm and gru), seqmnist_transformer (sequential_mnist data), mnist_transfer.
-    "adding_rnn", "adding_gru", "seqmnist_lstm", "digits_transfer",
+    # base of rnn, lstm and gru), seqmnist_transformer (sequential_mnist data), mnist_transfer;
+    # DP-SGD through breast_cancer_mlp_dp, adversarial training through mnist_cnn_robust.
+    "adding_rnn", "adding_gru", "seqmnist_lstm", "digits_transfer", "mnist_cnn_dp",
+    "mnist_cnn_robust_front",
 }  # fmt: skip
 
 

@@ -121,6 +121,15 @@ _UNITS = {
 }
 
 
+def _rate_lines(ax, rows: pd.DataFrame, x: str) -> None:
+    """One line per test of its rejection rate against column ``x``, with its Wilson band."""
+    for test in _TESTS_DRAWN:
+        line = rows[rows["test"] == test].sort_values(x)
+        if not line.empty:
+            ax.plot(line[x], line["rate"], "-o", ms=3, label=test)
+            ax.fill_between(line[x], line["low"], line["high"], alpha=0.15)
+
+
 def plot_power(table: pd.DataFrame, batch: int | None = None):
     """Rejection rate against shift size, one panel per shift, one line per test (clean batches
     at size 0), with Wilson intervals; the dotted line is alpha."""
@@ -133,13 +142,7 @@ def plot_power(table: pd.DataFrame, batch: int | None = None):
     axes = np.atleast_1d(figure.subplots(1, len(kinds), sharey=True))
     clean = at[at["shift"] == "clean"]
     for ax, kind in zip(axes, kinds, strict=True):
-        for test in _TESTS_DRAWN:
-            rows = pd.concat([clean, at[at["shift"] == kind]])
-            rows = rows[rows["test"] == test].sort_values("size")
-            if rows.empty:
-                continue
-            ax.plot(rows["size"], rows["rate"], "-o", ms=3, label=test)
-            ax.fill_between(rows["size"], rows["low"], rows["high"], alpha=0.15)
+        _rate_lines(ax, pd.concat([clean, at[at["shift"] == kind]]), "size")
         ax.axhline(0.05, ls=":", color="grey")
         ax.set_title(f"{kind} (batches of {batch})")
         ax.set_xlabel(_UNITS.get(kind, kind))
@@ -156,13 +159,7 @@ def plot_batch_size(table: pd.DataFrame, shift: str, size: float):
 
     figure = Figure(figsize=(5.5, 3.8))
     ax = figure.subplots()
-    at = table[(table["shift"] == shift) & (table["size"] == size)]
-    for test in _TESTS_DRAWN:
-        rows = at[at["test"] == test].sort_values("batch")
-        if rows.empty:
-            continue
-        ax.plot(rows["batch"], rows["rate"], "-o", ms=3, label=test)
-        ax.fill_between(rows["batch"], rows["low"], rows["high"], alpha=0.15)
+    _rate_lines(ax, table[(table["shift"] == shift) & (table["size"] == size)], "batch")
     ax.axhline(0.9, ls=":", color="grey")
     ax.set_xscale("log")
     ax.set_xlabel("inputs per batch")

@@ -38,8 +38,13 @@ format: $(STAMP)
 ui: $(STAMP)  ## MLflow UI on :5000 and optuna-dashboard on :8080, both on 127.0.0.1
 	$(BIN)/workbench ui --root mlruns
 
-lab: $(STAMP)
-	$(BIN)/jupyter lab --ip 127.0.0.1 notebooks/
+# JupyterLab serves 127.0.0.1 only, behind the token it generates (the URL with it is printed).
+# Containers run as root, which Jupyter refuses unless allowed; they have no browser to open either.
+AS_ROOT := $(if $(filter 0,$(shell id -u)),--ServerApp.allow_root=True --no-browser)
+
+lab: $(STAMP)  ## JupyterLab on notebooks/; Launcher > Optuna Dashboard opens the study store in a tab
+	@echo "Optuna Dashboard tab: storage sqlite:///$(CURDIR)/mlruns/optuna.db"
+	$(BIN)/jupyter lab --ip 127.0.0.1 $(AS_ROOT) notebooks/
 
 clean-venv:
 	rm -rf $(VENV)

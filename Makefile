@@ -43,7 +43,8 @@ ui: $(STAMP)  ## MLflow UI on :5000 and optuna-dashboard on :8080, both on 127.0
 AS_ROOT := $(if $(filter 0,$(shell id -u)),--ServerApp.allow_root=True --no-browser)
 
 lab: $(STAMP)  ## JupyterLab on notebooks/; Launcher > Optuna Dashboard opens the study store in a tab
-	@echo "Optuna Dashboard tab: storage sqlite:///$(CURDIR)/mlruns/optuna.db"
+	@echo "Optuna Dashboard tab: storage sqlite:///$(CURDIR)/mlruns/optuna.db," \
+	      "artifact path $(CURDIR)/mlruns/optuna-artifacts"
 	$(BIN)/jupyter lab --ip 127.0.0.1 $(AS_ROOT) notebooks/
 
 clean-venv:

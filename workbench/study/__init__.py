@@ -3,13 +3,15 @@
 ``run_study`` opens (or resumes) the study and its parent run, checked against each other
 (``recovery``), runs the missing trials in this process and its workers (``workers``), each trial
 an ``objective``, confirms the best configurations over seeds when the spec asks (``confirm``),
-then registers and explains the champion (``summary``).
+then registers and explains the champion (``summary``); with ``background=True`` all that runs
+in a thread behind a handle a notebook can watch and stop (``background``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
 
@@ -18,7 +20,11 @@ from workbench.spec import STUDY_REFERENCE, ExperimentSpec, SpecError, load_spec
 from workbench.study import confirm, recovery
 from workbench.study import workers as pool
 from workbench.study.config import make_pruner, make_sampler, storage_url
+from workbench.study.objective import WATCH
 from workbench.study.summary import StudyResult, finish_study, load_best_trial, load_trial
+
+if TYPE_CHECKING:
+    from workbench.study.background import StudyHandle
 
 __all__ = ["StudyResult", "load_best_trial", "load_trial", "run_study", "storage_url"]
 
@@ -28,11 +34,14 @@ def run_study(
     trials: int | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     workers: int | None = None,
-) -> StudyResult:
+    background: bool = False,
+) -> StudyResult | StudyHandle:
     """Run (or resume) the spec's study until ``trials`` trials have finished; return the best.
 
     With ``workers`` > 1, that many processes on this machine share the study's storage; other
-    machines join by running the same spec against the same database URL.
+    machines join by running the same spec against the same database URL. With ``background``,
+    a ``StudyHandle`` comes back at once (the spec checked): the study runs in a thread, shows
+    its progress, and ``.stop()`` ends it at the next epoch boundary as Ctrl-C would.
     """
     if not isinstance(spec, ExperimentSpec):
         spec = load_spec(spec, overrides)
@@ -46,7 +55,15 @@ def run_study(
     spec = _resolve_study_checkpoints(dataclasses.replace(spec, study=study_spec))
     spec.study.check()
     make_sampler(spec), make_pruner(spec)  # bad names and options fail before any work
+    if background:
+        from workbench.study.background import StudyHandle
 
+        return StudyHandle(spec, _run)
+    return _run(spec)
+
+
+def _run(spec: ExperimentSpec) -> StudyResult:
+    """``run_study``'s work on a checked spec, in the caller's thread or a handle's."""
     from workbench.train import data_from_spec
 
     data = data_from_spec(spec)
@@ -86,9 +103,11 @@ def run_study(
     helpers = []
     try:
         if remaining > 0:
+            _stop_if_asked()
             helpers = [pool.start_worker(search, parent, i) for i in range(1, search.study.workers)]
             with pool.share_cores(search.study.workers):
                 pool.optimize(search, study, data, store, parent, remaining)
+            _stop_if_asked()  # before waiting for the workers' trials
             for helper in helpers:
                 helper.join()
             if any(helper.exitcode != 0 for helper in helpers):
@@ -99,6 +118,7 @@ def run_study(
             retries = pool.count(study, optuna.trial.TrialState.WAITING)
             if retries > 0:
                 pool.optimize(search, study, data, store, parent, retries, count_running=False)
+                _stop_if_asked()
     except KeyboardInterrupt:
         pool.stop_workers(helpers)
         tracking.end_run(store, parent, "KILLED", "interrupted; re-run the same command to resume")
@@ -109,7 +129,9 @@ def run_study(
     study.set_user_attr(confirm.CHAMPION, None)  # set again below when confirmation chooses
     if spec.study.confirm.top_k > 0:
         try:
+            _stop_if_asked()
             confirmation = confirm.run(spec, study, storage, data, store, parent)
+            _stop_if_asked()
         except KeyboardInterrupt:
             tracking.end_run(
                 store, parent, "KILLED", "interrupted; re-run the same command to resume"
@@ -123,6 +145,14 @@ def run_study(
         result.report = str(write_report(spec, study, store, parent))
     tracking.end_run(store, parent, "FINISHED")
     return result
+
+
+def _stop_if_asked() -> None:
+    """End a background study whose handle asked it to stop, here, as Ctrl-C would (a trial's
+    own epochs check too: ``background.EpochWatch``)."""
+    watch = WATCH.get()
+    if watch is not None and watch.stopping:
+        raise KeyboardInterrupt("stopped by its handle")
 
 
 def _resolve_study_checkpoints(spec: ExperimentSpec) -> ExperimentSpec:

@@ -3,6 +3,7 @@ return the score. The run closes itself with the status the trial's outcome deci
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import dataclasses
 import time
@@ -24,6 +25,9 @@ FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRU
 RUN_ROLE, RUN_SEED, RUN_SPLIT = "workbench.role", "workbench.seed", "workbench.split_seed"
 RUN_TAGS, RUN_NAME = "workbench.tags", "workbench.run_name"
 KILLED = (optuna.TrialPruned,)  # a trial ended by these is KILLED in MLflow, not FAILED
+# A study run by a notebook's handle (``background.StudyHandle``) in its thread: each trial
+# reports its epochs to the handle and stops at an epoch boundary when the handle asks.
+WATCH: contextvars.ContextVar = contextvars.ContextVar("workbench.study.watch", default=None)
 
 
 class Objective:
@@ -42,6 +46,14 @@ class Objective:
         self._backbones: dict[str, Any] = {}  # backbone.source → its TrainedModel, resolved once
 
     def __call__(self, trial: optuna.Trial) -> float:
+        watch = WATCH.get()
+        try:
+            return self._run(trial, watch)
+        finally:
+            if watch is not None and watch.stopping:
+                trial.study.stop()  # a stop asked after the last epoch: no trial after this one
+
+    def _run(self, trial: optuna.Trial, watch) -> float:
         if self.claim is not None:
             self.claim.release()  # this trial is RUNNING: other processes count it now
         import lightning.pytorch as pl
@@ -93,6 +105,7 @@ class Objective:
                 # Optuna cannot prune a trial with several objectives.
                 callbacks=[
                     *training_callbacks(spec, data),
+                    *([watch.trial_callback(name)] if watch is not None else []),
                     *(
                         [pruning_callback(trial, spec.study.metric, is_ddp(spec.trainer))]
                         if not spec.study.extra_objectives

@@ -316,6 +316,12 @@ def load_checkpoint_weights(model: torch.nn.Module, path: str | Path) -> None:
     model.load_state_dict(registry.read_checkpoint(path)["state_dict"])
 
 
+class StopTraining(BaseException):
+    """Raised by a callback to end training as Ctrl-C does, from any thread: ``fit`` turns it
+    into KeyboardInterrupt. (Lightning answers a KeyboardInterrupt itself by installing a signal
+    handler, which only the main thread may do.)"""
+
+
 def _run_interruptibly(trainer: pl.Trainer, call: Callable[[], Any]) -> Any:
     """Run a Trainer entry point, turning Lightning's Ctrl-C handling back into KeyboardInterrupt.
 
@@ -331,6 +337,8 @@ def _run_interruptibly(trainer: pl.Trainer, call: Callable[[], Any]) -> Any:
         if trainer.interrupted:
             raise KeyboardInterrupt("training interrupted") from exc
         raise
+    except StopTraining as exc:
+        raise KeyboardInterrupt(str(exc) or "training stopped") from exc
     finally:
         if in_main_thread and handler is not None:
             signal.signal(signal.SIGINT, handler)

@@ -50,8 +50,8 @@ return {
 
 
 def _notebook_with_tiny_parameters(folder: Path, store: Path) -> Path:
-    """Notebook 01 with its parameters cell holding tiny values (as papermill would inject them),
-    outputs cleared, so that a person could run it with Run All."""
+    """Notebook 01 with tiny values set at the end of its parameters cell (where papermill would
+    inject them) and no outputs, for Run All in the browser."""
     notebook = json.loads((REPO / "notebooks" / "01_quickstart.ipynb").read_text())
     code = [cell for cell in notebook["cells"] if cell["cell_type"] == "code"]
     assert "parameters" in code[0]["metadata"].get("tags", [])
@@ -61,9 +61,9 @@ def _notebook_with_tiny_parameters(folder: Path, store: Path) -> Path:
         "trials": 1,
         # Explanations are drawn and checked by test_notebooks; here two figures suffice.
         "overrides": [*tiny(store)[1:], "explain.enabled=false", "data.augment=false"],
-        "n": 2,
     }
-    code[0]["source"] = "".join(f"{name} = {value!r}\n" for name, value in parameters.items())
+    tiny_values = "".join(f"{name} = {value!r}\n" for name, value in parameters.items())
+    code[0]["source"] = "".join(code[0]["source"]) + "\n# The test's tiny values\n" + tiny_values
     for cell in code:
         cell["outputs"], cell["execution_count"] = [], None
     path = folder / "01_quickstart.ipynb"
@@ -128,7 +128,8 @@ def _run_all_cells(driver, timeout: float) -> dict:
 
 
 def _open_optuna_dashboard(driver, storage: str) -> None:
-    """File > New Launcher, the launcher's Optuna Dashboard card, then the storage URL."""
+    """File > New Launcher, the launcher's Optuna Dashboard card, then the storage (a URL, or
+    the path of a SQLite file as the README shows)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
 
@@ -204,7 +205,7 @@ def test_notebook_runs_in_jupyterlab_and_the_optuna_tab_shows_its_study(tmp_path
         browser.save_screenshot(str(SCREENSHOTS / "jupyterlab_notebook.png"))
 
         # The Optuna Dashboard tab on the study the notebook just ran: its one finished trial.
-        _open_optuna_dashboard(browser, f"sqlite:///{store}/optuna.db")
+        _open_optuna_dashboard(browser, str(store / "optuna.db"))
         _wait_for_text(browser, ["mnist_cnn", "Direction: MAXIMIZE"], timeout=60)
         browser.find_element(By.XPATH, "//a[contains(., 'mnist_cnn')]").click()
         _wait_for(

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
+import subprocess
 import sys
 import urllib.request
 from pathlib import Path
@@ -21,13 +23,10 @@ SCREENSHOTS = test_browser.SCREENSHOTS
 browser = test_browser.browser  # the headless Chromium fixture, shared
 _wait_for_text = test_browser._wait_for_text
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not (test_browser.CHROMIUM and test_browser.DRIVER),
-        reason="needs Debian's chromium and chromium-driver (make test installs them)",
-    ),
-]
+needs_chromium = pytest.mark.skipif(
+    not (test_browser.CHROMIUM and test_browser.DRIVER),
+    reason="needs Debian's chromium and chromium-driver (make test installs them)",
+)
 
 # The code cells' state, read from JupyterLab's own model (the server exposes the app as
 # `window.jupyterapp`): execution counts, error outputs, image outputs and the kernel's status.
@@ -157,6 +156,8 @@ def _open_optuna_dashboard(driver, storage: str) -> None:
     _wait_for(driver, ec.element_to_be_clickable(create), "Create enabled", timeout=10).click()
 
 
+@pytest.mark.slow
+@needs_chromium
 def test_notebook_runs_in_jupyterlab_and_the_optuna_tab_shows_its_study(tmp_path, browser):
     import psutil
     from selenium.webdriver.common.by import By
@@ -188,6 +189,11 @@ def test_notebook_runs_in_jupyterlab_and_the_optuna_tab_shows_its_study(tmp_path
     with serving(command, f"{url}/api/status?token={token}", env=env) as server:
         with pytest.raises(OSError, match="403"):  # nothing without the token
             urllib.request.urlopen(f"{url}/api/contents", timeout=10)
+        listening = {
+            c.laddr.ip for c in psutil.Process(server.pid).net_connections("inet")
+            if c.status == psutil.CONN_LISTEN
+        }  # fmt: skip
+        assert listening == {"127.0.0.1"}, listening
         browser.get(f"{url}/lab/tree/01_quickstart.ipynb?token={token}")
         state = _run_all_cells(browser, timeout=150)
         assert not state["errors"], state["errors"][0][-3000:]
@@ -222,3 +228,15 @@ def test_notebook_runs_in_jupyterlab_and_the_optuna_tab_shows_its_study(tmp_path
     assert not alive, alive
     for name in ("jupyterlab_notebook", "jupyterlab_optuna"):
         assert (SCREENSHOTS / f"{name}.png").stat().st_size > 10_000  # a rendered page
+
+
+@pytest.mark.skipif(not shutil.which("make"), reason="needs make")
+def test_make_lab_serves_loopback_with_a_token_and_starts_as_root():
+    """`make lab`'s command (dry run): 127.0.0.1, Jupyter's generated token left on, and, when run
+    as root (containers), allowed to start."""
+    dry_run = subprocess.run(
+        ["make", "-n", "lab"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    (lab,) = [line for line in dry_run.splitlines() if "jupyter lab" in line]
+    assert "--ip 127.0.0.1" in lab and "token" not in lab.lower()
+    assert ("--ServerApp.allow_root=True" in lab) == (os.geteuid() == 0)

@@ -5,6 +5,7 @@ and MLflow's own clients."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -13,9 +14,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import EXPERIMENTS, tiny
-from workbench.spec import load_spec
+from workbench.spec import SpecError, load_spec
 from workbench.study import run_study
-from workbench.study.background import StudyHandle, StudyStopped
+from workbench.study.background import TABLE_COLUMNS, StudyHandle, StudyStopped
 
 SPEC = EXPERIMENTS / "mnist_cnn.yaml"
 EPOCHS = 6
@@ -60,6 +61,24 @@ def _wait_until(handle: StudyHandle, ready, timeout_s: float = 240) -> None:
         assert not handle.done, f"the study ended first: {handle!r}"
         assert time.time() < deadline, f"not reached in {timeout_s} s: {handle!r}"
         time.sleep(0.1)
+
+
+def test_a_stop_before_the_first_trial_closes_the_parent_run_killed(tmp_path: Path):
+    root = tmp_path / "mlruns"
+    with pytest.raises(SpecError, match="study.trials"):  # a bad spec fails in the caller, at once
+        run_study(SPEC, trials=0, overrides=_overrides(root), background=True)
+    handle = run_study(SPEC, trials=1, overrides=_overrides(root), background=True)
+    assert list(handle.trials().columns) == list(TABLE_COLUMNS)  # empty, before the study exists
+    handle.stop()  # while it loads its data: it ends before any trial, as Ctrl-C would there
+    assert handle.done and "stopped: 0/1 trials finished" in repr(handle)
+    with pytest.raises(StudyStopped):
+        handle.result()
+    assert handle.trials().empty and _states(root) == {}
+    parents, runs = _runs(root)
+    assert [(p.info.status, p.data.tags["workbench.end_reason"]) for p in parents] == [
+        ("KILLED", INTERRUPTED)
+    ]
+    assert runs == {}
 
 
 @pytest.mark.slow
@@ -130,3 +149,65 @@ def test_stop_mid_trial_then_resume_loses_and_repeats_nothing(tmp_path: Path):
     assert all(len(t.intermediate_values) == EPOCHS for t in complete)
     all_runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert not [r for r in all_runs if r.info.status == "RUNNING"]
+
+
+@pytest.mark.slow
+def test_interrupting_the_kernel_mid_trial_leaves_the_stores_as_ctrl_c_does(tmp_path: Path):
+    """The notebook's stop button (a kernel interrupt) mid-trial: once while the study runs in
+    the cell, once while the cell waits on a background study's result; then the same kernel
+    resumes the study."""
+    from jupyter_client.manager import start_new_kernel
+
+    from tests.test_cli import _trial_progress
+
+    root = tmp_path / "mlruns"
+    call = f"{str(SPEC)!r}, trials=1, overrides={_overrides(root)!r}"
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    manager, client = start_new_kernel(kernel_name="python3", cwd=str(tmp_path), env=env)
+    try:
+
+        def execute(code: str, interrupt_at: tuple[int, int] | None = None) -> dict:
+            """Run a cell; with ``interrupt_at`` (trial, epochs), interrupt the kernel once that
+            trial has reported that many epochs. The cell's reply."""
+            msg_id = client.execute(code, stop_on_error=False)
+            deadline = time.time() + 240
+            while interrupt_at is not None:
+                trial, epochs = interrupt_at
+                if _trial_progress(root / "optuna.db")[1].get(trial, 0) >= epochs:
+                    manager.interrupt_kernel()
+                    break
+                assert time.time() < deadline, f"trial {trial} did not reach epoch {epochs}"
+                time.sleep(0.1)
+            while True:
+                reply = client.get_shell_msg(timeout=240)
+                if reply["parent_header"].get("msg_id") == msg_id:
+                    return reply["content"]
+
+        assert execute("from workbench.study import run_study")["status"] == "ok"
+        stopped = execute(f"run_study({call})", interrupt_at=(0, 1))
+        assert (stopped["status"], stopped["ename"]) == ("error", "KeyboardInterrupt")
+        assert _states(root) == {0: "FAIL"}
+        parents, runs = _runs(root)
+        assert [(p.info.status, p.data.tags["workbench.end_reason"]) for p in parents] == [
+            ("KILLED", INTERRUPTED)
+        ]
+        assert runs[0].info.status == "KILLED"
+        assert runs[0].data.tags["workbench.end_reason"] == "interrupted (Ctrl-C)"
+
+        assert execute(f"handle = run_study({call}, background=True)")["status"] == "ok"
+        stopped = execute("handle.result()", interrupt_at=(1, 1))
+        assert (stopped["status"], stopped["ename"]) == ("error", "KeyboardInterrupt")
+        assert _states(root) == {0: "FAIL", 1: "FAIL"}  # the study ended before the cell did
+        parents, runs = _runs(root)
+        assert [p.info.status for p in parents] == ["KILLED"]
+        assert {n: r.info.status for n, r in runs.items()} == {0: "KILLED", 1: "KILLED"}
+
+        resumed = execute(f"assert run_study({call}).n_complete == 1")
+        assert resumed["status"] == "ok", resumed
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    assert _states(root) == {0: "FAIL", 1: "FAIL", 2: "COMPLETE"}
+    parents, runs = _runs(root)
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert {n: r.info.status for n, r in runs.items()} == {0: "KILLED", 1: "KILLED", 2: "FINISHED"}

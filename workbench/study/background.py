@@ -47,7 +47,7 @@ class StudyHandle:
             study=dataclasses.replace(spec.study, progress_bar=False),
             trainer=dataclasses.replace(spec.trainer, progress_bar=False),
         )
-        self._stop = threading.Event()
+        self._stop, self._ended = threading.Event(), threading.Event()
         self._result: StudyResult | None = None
         self._error: BaseException | None = None
         self._epoch: tuple[str, int, int] | None = None  # running trial, its epoch, max epochs
@@ -63,7 +63,7 @@ class StudyHandle:
     @property
     def done(self) -> bool:
         """Whether the study has ended: finished, stopped or failed."""
-        return not self._thread.is_alive()
+        return self._ended.is_set()
 
     @property
     def running(self) -> tuple[str, int, int] | None:
@@ -144,13 +144,16 @@ class StudyHandle:
             self._show()
             self._bar.close()
             atexit.unregister(self._stop_at_exit)
+            self._ended.set()
 
     def _join(self, timeout: float | None = None) -> None:
+        # An Event, not Thread.join: a join interrupted by Ctrl-C marks a running thread as
+        # ended in Python 3.11 (it releases the thread's lock), and a second join returns at once.
         try:
-            self._thread.join(timeout)
+            self._ended.wait(timeout)
         except KeyboardInterrupt:  # the kernel interrupted while waiting: stop the study too
             self._stop.set()
-            self._thread.join()
+            self._ended.wait()
             raise
 
     def _stop_at_exit(self) -> None:

@@ -31,6 +31,7 @@ def tiny(root: Path, **extra: object) -> list[str]:
         "explain.lime_samples": 50,
         "study.confirm.top_k": 0,  # no confirmation over seeds unless a test asks for it
         "tracking.report": False,  # no HTML report either
+        "tracking.review": False,  # nor dashboard notes (tests/test_review.py turns them on)
         **extra,
     }
     return [f"{key}={value}" for key, value in settings.items()]

@@ -65,7 +65,30 @@ def _wait_for_text(driver, texts: list[str], timeout: float = 60) -> str:
         raise AssertionError(f"{texts} not all on {driver.current_url}: {body[:1500]!r}") from None
 
 
+def _wait_for_image(driver, alt: str, timeout: float = 60):
+    """The page's image with alt text ``alt``, once it has loaded (natural width > 0)."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def loaded(d):
+        for image in d.find_elements(By.CSS_SELECTOR, f'img[alt="{alt}"]'):
+            if d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image):
+                return image
+        return False
+
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.5).until(loaded)
+    except TimeoutException:
+        sources = [i.get_attribute("src") for i in driver.find_elements(By.TAG_NAME, "img")]
+        raise AssertionError(
+            f"no loaded image {alt!r} on {driver.current_url}: {sources}"
+        ) from None
+
+
 def test_dashboards_show_the_study_its_trials_and_runs(tiny_study, browser):
+    from selenium.webdriver.common.by import By
+
     spec, result = tiny_study
     mlflow_port, dashboard_port = free_port(), free_port()
     mlflow_url = f"http://127.0.0.1:{mlflow_port}"
@@ -87,10 +110,35 @@ def test_dashboards_show_the_study_its_trials_and_runs(tiny_study, browser):
         assert "Trial 1" not in page  # the study ran exactly one trial
         browser.save_screenshot(str(SCREENSHOTS / "optuna_dashboard_trials.png"))
 
+        # The trial's note (written by `workbench ui` as it started, with its ports): its text,
+        # its learning curves loaded from the dashboard's artifact store, and a link that opens
+        # the trial's run in the MLflow UI.
+        browser.get(f"{dashboard_url}/dashboard/studies/{study_id}/trials?numbers=0")
+        _wait_for_text(browser, ["Trial 0: COMPLETE", "champion", "Ended: completed after"])
+        figure = _wait_for_image(browser, "learning_curves")
+        browser.execute_script("arguments[0].scrollIntoView()", figure)
+        browser.save_screenshot(str(SCREENSHOTS / "optuna_dashboard_trial_note.png"))
+        link = browser.find_element(By.PARTIAL_LINK_TEXT, "MLflow run")
+        assert link.get_attribute("href").startswith(f"{mlflow_url}/#/experiments/")
+        before = set(browser.window_handles)
+        browser.execute_script("arguments[0].click()", link)  # as a click, wherever it sits
+        opened = set(browser.window_handles) - before  # the note may open it in a new tab
+        if opened:
+            browser.switch_to.window(opened.pop())
+        _wait_for_text(browser, [f"trial-{result.best_trial}", "Finished", "optuna-dashboard"])
+        assert f"/runs/{result.best_run_id}" in browser.current_url
+        browser.save_screenshot(str(SCREENSHOTS / "mlflow_run_from_note.png"))
+        if opened:
+            browser.close()
+            browser.switch_to.window(before.pop())
+
         # MLflow UI: the experiment's runs table shows the study's parent run ...
         experiment = "1"
-        browser.get(f"{mlflow_url}/#/experiments/{experiment}/runs")
-        _wait_for_text(browser, [result.study_name])
+        # The experiment as `workbench ui` prints it opens on its training runs, not on the
+        # GenAI traces overview.
+        browser.get(f"{mlflow_url}/#/experiments/{experiment}?workflowType=machine_learning")
+        _wait_for_text(browser, [result.study_name, "Model training"])
+        assert "/runs" in browser.current_url and "overview" not in browser.current_url
         browser.save_screenshot(str(SCREENSHOTS / "mlflow_runs.png"))
         # ... and the trial's child run page shows its name, status and test metrics.
         browser.get(f"{mlflow_url}/#/experiments/{experiment}/runs/{result.best_run_id}")

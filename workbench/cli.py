@@ -92,6 +92,18 @@ def main(argv: list[str] | None = None) -> int:
     ui.add_argument("--mlflow-port", type=_port, default=5000)
     ui.add_argument("--dashboard-port", type=_port, default=8080)
 
+    review = commands.add_parser(
+        "review",
+        help="optuna-dashboard notes and figures, MLflow runs linked back, reviewer notes synced",
+    )
+    review.add_argument("--root", default="mlruns", help="the workbench store (default: mlruns)")
+    review.add_argument(
+        "--mlflow-url", default="http://127.0.0.1:5000", help="where the MLflow UI listens"
+    )
+    review.add_argument(
+        "--dashboard-url", default="http://127.0.0.1:8080", help="where optuna-dashboard listens"
+    )
+
     explain = commands.add_parser(
         "explain", help="SHAP + LIME for a trial run's model, with trust metrics, logged to it"
     )
@@ -243,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         "lineage": _lineage,
         "study": _study,
         "ui": _ui,
+        "review": _review,
         "explain": _explain,
         "compress": _compress,
         "export": _export,
@@ -432,7 +445,41 @@ def _reproduce(args: argparse.Namespace) -> int:
 def _ui(args: argparse.Namespace) -> int:
     from workbench.deploy.ui import serve_uis
 
-    return serve_uis(Path(args.root), args.host, args.mlflow_port, args.dashboard_port)
+    root = Path(args.root)
+    if (root / "optuna.db").is_file() and (root / "mlflow.db").is_file():
+        # Notes and links carry the addresses the two UIs are about to listen on.
+        host = "127.0.0.1" if args.host in {"0.0.0.0", "::"} else args.host
+        mlflow_url = f"http://{host}:{args.mlflow_port}"
+        _review(
+            argparse.Namespace(
+                root=args.root,
+                mlflow_url=mlflow_url,
+                dashboard_url=f"http://{host}:{args.dashboard_port}",
+            )
+        )
+        from workbench import tracking
+        from workbench.study.review import Links
+
+        experiment = tracking.open_store(root, "workbench").experiment_id
+        print(f"training runs:    {Links(mlflow_url).experiment(experiment)}")
+    return serve_uis(root, args.host, args.mlflow_port, args.dashboard_port)
+
+
+def _review(args: argparse.Namespace) -> int:
+    """Dashboard notes and figures for every study of a root, MLflow runs linked back, and
+    notes a person edited in the dashboard copied to their runs as the workbench.review tag."""
+    from workbench.study.review import Links, annotate_root
+
+    root = Path(args.root)
+    if not (root / "optuna.db").is_file():
+        raise FileNotFoundError(f"--root: no optuna.db in {root.resolve()}; run a study first")
+    done = annotate_root(root, Links(args.mlflow_url, args.dashboard_url))
+    for name, reviewed in done.items():
+        print(
+            f"{name}: {reviewed.notes_written} notes written, {reviewed.figures_uploaded} "
+            f"figures uploaded, {reviewed.reviews_synced} reviewer notes copied to MLflow"
+        )
+    return 0
 
 
 def _compress(args: argparse.Namespace) -> int:

@@ -146,5 +146,8 @@ def ui_commands(
             host,
             "--port",
             str(dashboard_port),
+            # The trials' figures that their notes embed (workbench/study/review.py).
+            "--artifact-dir",
+            str(root / "optuna-artifacts"),
         ],
     }

@@ -358,6 +358,11 @@ class TrackingSpec:
     report: bool = True
     """Write the study's HTML report (``<root>/reports/<name>.html``, and ``report.html`` in its
     parent run) when the study ends; ``workbench report NAME`` writes it at any time."""
+    review: bool = True
+    """When the study ends, give each finished trial and the study a note in optuna-dashboard
+    (metrics, how it ended, figures, a link to its MLflow run) and each MLflow run a description
+    linking back (``workbench/study/review.py``); ``workbench ui`` and ``workbench review`` do it
+    again with the addresses the UIs listen on."""
     data_policy: str = "raw"
     """What of the data may reach the store (input examples of logged models, explanation
     arrays and figures, sample grids): ``raw`` (as it is), ``synthetic`` (same schema and shape,

@@ -143,6 +143,10 @@ def _run(spec: ExperimentSpec) -> StudyResult:
         from workbench.study.report import write_report
 
         result.report = str(write_report(spec, study, store, parent))
+    if spec.tracking.review:  # dashboard notes and figures, MLflow runs linked back
+        from workbench.study.review import annotate
+
+        annotate(storage, store, spec.name)
     tracking.end_run(store, parent, "FINISHED")
     return result
 

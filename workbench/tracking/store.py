@@ -12,6 +12,8 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
+EXPERIMENT_KIND, TRAINING = "mlflow.experimentKind", "custom_model_development"
+
 
 @dataclass
 class Store:
@@ -56,6 +58,10 @@ def open_store(root: str | Path, experiment: str, tracking_uri: str | None = Non
                 experiment_id = client.create_experiment(experiment, artifact_location=location)
             else:
                 experiment_id = found.experiment_id
+            if found is None or EXPERIMENT_KIND not in found.tags:
+                # The MLflow 3 UI opens an experiment of no declared kind on its GenAI traces
+                # overview; this one holds training runs.
+                client.set_experiment_tag(experiment_id, EXPERIMENT_KIND, TRAINING)
     except (MlflowException, OSError) as exc:
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise ConnectionError(f"{where}: cannot be opened: {first}") from exc

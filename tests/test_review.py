@@ -1,0 +1,128 @@
+"""optuna-dashboard and MLflow linked both ways (workbench/study/review.py): every trial's note
+with its figures, every run's link back, and a note a reviewer edits through the dashboard's
+own HTTP API copied to the run's tags by `workbench review`. The browser side (the note on a
+trial page, its image loading, its link opening the run) is in tests/test_browser.py."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna_dashboard._note import get_note_from_system_attrs
+
+from tests.conftest import EXPERIMENTS, tiny
+from tests.servers import free_port, serving
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def reviewed_study(tmp_path_factory):
+    from workbench.study import run_study
+
+    root = tmp_path_factory.mktemp("review") / "mlruns"
+    overrides = tiny(root, **{"tracking.review": True, "trainer.max_epochs": 3})
+    result = run_study(EXPERIMENTS / "breast_cancer_mlp.yaml", trials=3, overrides=overrides)
+    return root, result
+
+
+def _notes(study: optuna.Study) -> dict:
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    notes = {t.number: get_note_from_system_attrs(attrs, t._trial_id) for t in study.trials}
+    notes[None] = get_note_from_system_attrs(attrs, None)
+    return notes
+
+
+def test_every_trial_and_the_study_get_a_note_with_figures_and_links_both_ways(reviewed_study):
+    from workbench.study.review import Links, annotate
+    from workbench.tracking import open_store
+
+    root, result = reviewed_study
+    study = result.load_study()
+    client = MlflowClient(result.tracking_uri)
+    notes = _notes(study)
+    folder = root / "optuna-artifacts"
+    for trial in study.trials:
+        body = notes[trial.number]["body"]
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert body.startswith(f"## Trial {trial.number}: {trial.state.name}")
+        assert f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" in body
+        if trial.values:
+            assert f"{trial.values[0]:.4g}" in body  # the objective
+        # Every embedded figure is a PNG in the dashboard's artifact store.
+        embedded = [line for line in body.splitlines() if line.startswith("![")]
+        names = [line[2 : line.index("]")] for line in embedded]
+        assert "learning_curves" in names
+        if trial.number == result.best_trial:
+            assert "champion" in body.splitlines()[0]
+            assert {"confusion_matrix", "reliability"} <= set(names)
+        for line in embedded:
+            artifact_id = line.rstrip(")").rsplit("/", 1)[1]
+            assert (folder / artifact_id).read_bytes().startswith(PNG)
+        # The run links back to the trial's dashboard page and carries sortable columns.
+        description = run.data.tags["mlflow.note.content"]
+        assert f"/dashboard/studies/{study._study_id}/trials?numbers={trial.number}" in description
+        assert run.data.tags["workbench.trial_state"] == trial.state.name
+        if trial.values:
+            assert float(run.data.tags["workbench.objective"]) == pytest.approx(trial.values[0])
+    study_note = notes[None]["body"]
+    assert f"trial {result.best_trial}" in study_note
+    assert f"/runs/{result.parent_run_id}" in study_note
+    parent = client.get_run(result.parent_run_id)
+    assert f"/dashboard/studies/{study._study_id})" in parent.data.tags["mlflow.note.content"]
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+    # Again: nothing to write; with the UIs elsewhere, each note is rewritten with the new
+    # addresses and no figure is uploaded twice.
+    store = open_store(root, "workbench")
+    again = annotate(result.storage_url, store, result.study_name)
+    assert (again.notes_written, again.figures_uploaded) == (0, 0)
+    moved = annotate(result.storage_url, store, result.study_name, Links("http://127.0.0.1:5999"))
+    assert (moved.notes_written, moved.figures_uploaded) == (len(study.trials) + 1, 0)
+    assert "http://127.0.0.1:5999/#/experiments/" in _notes(study)[0]["body"]
+    annotate(result.storage_url, store, result.study_name)  # back to the defaults
+
+
+def test_a_note_edited_through_the_dashboard_reaches_the_mlflow_run(reviewed_study):
+    from workbench.cli import main
+    from workbench.deploy.ui import ui_commands
+
+    root, result = reviewed_study
+    study = result.load_study()
+    trial = study.trials[0]
+    run_id = trial.user_attrs["mlflow_run_id"]
+    port = free_port()
+    command = ui_commands(root.resolve(), "127.0.0.1", free_port(), port)["optuna-dashboard"]
+    url = f"http://127.0.0.1:{port}"
+    with serving(command, f"{url}/api/studies"):
+        version = _notes(study)[trial.number]["version"]
+        review = "Reviewed: the val curve flattens after epoch 2; **keep** this one."
+        request = urllib.request.Request(
+            f"{url}/api/studies/{study._study_id}/{trial._trial_id}/note",
+            data=json.dumps({"version": version + 1, "body": review}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="PUT",
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status in (200, 204)
+    client = MlflowClient(result.tracking_uri)
+    assert "workbench.review" not in client.get_run(run_id).data.tags
+    assert main(["review", "--root", str(root)]) == 0
+    tags = client.get_run(run_id).data.tags
+    assert tags["workbench.review"] == review
+    assert tags["workbench.review.version"] == str(version + 1)
+    # The reviewer's note stays: workbench does not write over it again.
+    assert main(["review", "--root", str(root)]) == 0
+    assert _notes(study)[trial.number]["body"] == review
+    assert _notes(study)[1]["body"].startswith("## Trial 1")
+
+
+def test_review_of_a_root_without_a_study_names_it(tmp_path, capsys):
+    from workbench.cli import main
+
+    assert main(["review", "--root", str(tmp_path / "nowhere")]) == 2
+    assert "no optuna.db" in capsys.readouterr().err

@@ -142,7 +142,7 @@ class StudyHandle:
         finally:
             self._epoch = None
             self._show()
-            self._bar.close()
+            self._bar.close()  # red where the study did not reach its count
             atexit.unregister(self._stop_at_exit)
             self._ended.set()
 
@@ -166,12 +166,11 @@ class StudyHandle:
 
     def _show(self) -> None:
         """Bring the bar up to date with the storage and the running trial's epoch."""
-        storage = self._open_storage()
         try:
-            study_id = storage.get_study_id_from_name(self.spec.name)
-        except KeyError:  # before the study's thread created it
+            storage = self._open_storage()
+            trials = storage.get_all_trials(storage.get_study_id_from_name(self.spec.name))
+        except Exception:  # no study yet, a busy or broken database: the study itself says so
             return
-        trials = storage.get_all_trials(study_id, deepcopy=False)
         complete = [t.values[0] for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
         self._finished = sum(t.state in FINISHED_STATES for t in trials)
         if complete:

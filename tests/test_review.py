@@ -24,7 +24,9 @@ def reviewed_study(tmp_path_factory):
     from workbench.study import run_study
 
     root = tmp_path_factory.mktemp("review") / "mlruns"
-    overrides = tiny(root, **{"tracking.review": True, "trainer.max_epochs": 3})
+    # With a confirmation: its study ("breast_cancer_mlp:confirm") is annotated too.
+    settings = {"tracking.review": True, "trainer.max_epochs": 3}
+    overrides = tiny(root, **settings, **{"study.confirm": "{top_k: 1, seeds: 2}"})
     result = run_study(EXPERIMENTS / "breast_cancer_mlp.yaml", trials=3, overrides=overrides)
     return root, result
 
@@ -112,6 +114,11 @@ def test_a_note_edited_through_the_dashboard_reaches_the_mlflow_run(reviewed_stu
     client = MlflowClient(result.tracking_uri)
     assert "workbench.review" not in client.get_run(run_id).data.tags
     assert main(["review", "--root", str(root)]) == 0
+    confirmed = optuna.load_study(
+        study_name="breast_cancer_mlp:confirm", storage=result.storage_url
+    )
+    assert all(n["body"].startswith("## Trial") for n in _notes(confirmed).values() if n["version"])
+    assert len([n for n in _notes(confirmed).values() if n["version"]]) == 2
     tags = client.get_run(run_id).data.tags
     assert tags["workbench.review"] == review
     assert tags["workbench.review.version"] == str(version + 1)

@@ -147,6 +147,8 @@ def _run(spec: ExperimentSpec) -> StudyResult:
         from workbench.study.review import annotate
 
         annotate(storage, store, spec.name)
+        if confirmation is not None:
+            annotate(storage, store, confirm.study_name(spec.name))
     tracking.end_run(store, parent, "FINISHED")
     return result
 

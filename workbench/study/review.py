@@ -93,7 +93,10 @@ def annotate(
     artifacts = FileSystemArtifactStore(str(folder))
     attrs = storage.get_study_system_attrs(study_id)
     done = Reviewed()
-    parent = tracking.find_study_run(store, study_name)
+    try:
+        parent = tracking.find_study_run(store, study_name)
+    except ValueError:  # a confirmation's or reproduction's study ("name:confirm"): no parent
+        parent = None
     champion = _champion(study)
     for trial in study.get_trials(deepcopy=False, states=_FINISHED):
         run_id = trial.user_attrs.get("mlflow_run_id")
@@ -133,10 +136,13 @@ def annotate_root(root: str | Path, links: Links = Links(), experiment: str = "w
     root = Path(root).resolve()
     storage = open_storage(f"sqlite:///{root / 'optuna.db'}")
     store = tracking.open_store(root, experiment)
-    return {
-        summary.study_name: annotate(storage, store, summary.study_name, links)
-        for summary in optuna.get_all_study_summaries(storage, include_best_trial=False)
-    }
+    done = {}
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        try:
+            done[summary.study_name] = annotate(storage, store, summary.study_name, links)
+        except Exception as exc:  # noqa: BLE001 — one odd study does not stop the others
+            print(f"{summary.study_name}: not annotated: {type(exc).__name__}: {exc}")
+    return done
 
 
 def trial_note(study_id: int, trial, run, links: Links, figures: dict, champion: bool) -> str:

@@ -77,8 +77,9 @@ class StudyHandle:
         return self._stop.is_set()
 
     def stop(self, wait: bool = True) -> None:
-        """End the study at the running trial's next epoch boundary, as Ctrl-C would; with
-        ``wait``, return once it has ended and both stores are closed."""
+        """End the study at the running trial's next epoch boundary, as Ctrl-C would (between
+        trials: before the next; one past its trials and confirmations finishes its last steps);
+        with ``wait``, return once it has ended and both stores are closed."""
         self._stop.set()
         if wait:
             self._join()

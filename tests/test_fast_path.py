@@ -98,3 +98,47 @@ def test_gpu_path_keeps_batches_on_the_device(tmp_path: Path):
     result = fit(model, data, spec, tmp_path, callbacks=[Probe()])
     assert set(seen) == {"cuda"} and result.test_metrics["test/acc"] > 0.3
     assert device_defaults(spec)[1] == "high"
+
+
+class _ThreadsSeen(pl.Callback):
+    """Records the intra-op thread count during training and test steps."""
+
+    def __init__(self) -> None:
+        self.train: list[int] = []
+        self.test: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.train.append(torch.get_num_threads())
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *args) -> None:
+        self.test.append(torch.get_num_threads())
+
+
+@pytest.mark.parametrize(("model", "small"), [("mlp", True), ("cnn", False)])
+def test_a_run_of_small_tensors_uses_one_thread_and_restores_the_count(
+    tmp_path: Path, model: str, small: bool
+):
+    """An MLP on breast-cancer rows (every tensor below ATen's grain size) trains and tests on
+    one thread after its first step; a CNN's activations are large enough to keep them. The
+    process's count is back afterwards, also when the run ended with an error."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        data = create_data("breast_cancer" if model == "mlp" else "digits", seed=0, batch_size=32)
+        module = create_model(model, **data.model_kwargs())
+        seen = _ThreadsSeen()
+        spec = TrainerSpec(max_epochs=2, patience=2, accelerator="cpu")
+        fit(module, data, spec, tmp_path / "ok", callbacks=[seen])
+        assert seen.train[0] == 2  # the first step is measured with the process's count
+        assert set(seen.train[1:]) == {1 if small else 2}
+        assert set(seen.test) == {1 if small else 2}
+        assert torch.get_num_threads() == 2
+
+        def fail(epoch, metrics):
+            raise RuntimeError("stopped")
+
+        with pytest.raises(RuntimeError, match="stopped"):
+            fit(module, data, spec, tmp_path / "failed", on_epoch=fail)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -27,6 +27,7 @@ from workbench import registry
 from workbench.contracts import CountsConfusion
 from workbench.spec import ExperimentSpec, SpecError, TrainerSpec
 from workbench.train.ddp import CountsValidation, check_ddp, ddp_strategy, is_ddp
+from workbench.train.threads import SmallStepThreads
 
 # Lightning announces GPU/TPU availability and product tips at INFO for every Trainer: once per
 # trial that drowns the study's own progress lines. Warnings and errors still show.
@@ -239,6 +240,7 @@ def build_trainer(
             EarlyStopping(monitor=monitor, mode=mode, patience=spec.patience),
             checkpoint,
             *([CountsValidation()] if distributed else []),
+            SmallStepThreads(),
             *callbacks,
         ],
         enable_progress_bar=spec.progress_bar,

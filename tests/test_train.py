@@ -77,3 +77,83 @@ def test_running_mean_weights_each_step_and_lets_a_nan_through():
     mean.update(torch.tensor(float("nan")), 2)
     mean.update(torch.tensor(1.0), 2)
     assert torch.isnan(mean.compute())
+
+
+def _renamed(value, old: str, new: str):
+    """``value`` with ``old`` replaced by ``new`` in every string of it, keys included."""
+    if isinstance(value, str):
+        return value.replace(old, new)
+    if isinstance(value, dict):
+        return {_renamed(k, old, new): _renamed(v, old, new) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_renamed(v, old, new) for v in value)
+    return value
+
+
+def _same(ours, theirs, path: str = "") -> None:
+    """Nested checkpoint contents equal, tensors element for element."""
+    assert type(ours) is type(theirs), path
+    if isinstance(ours, dict):
+        assert ours.keys() == theirs.keys(), path
+        for key in ours:
+            _same(ours[key], theirs[key], f"{path}/{key}")
+    elif isinstance(ours, list | tuple):
+        assert len(ours) == len(theirs), path
+        for index, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+            _same(a, b, f"{path}/{index}")
+    elif isinstance(ours, torch.Tensor):
+        assert torch.equal(ours, theirs), path
+    else:
+        assert ours == theirs, path
+
+
+def test_the_best_checkpoint_is_written_once_as_lightning_would_have_written_it(
+    tmp_path: Path, monkeypatch
+):
+    """Every improvement is kept in memory and the file written when training ends: the same
+    weights, optimiser state, epoch, step and callback states as Lightning's ModelCheckpoint
+    (one write per improvement) leaves; a run stopped by an error still leaves its best."""
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    import workbench.train as train
+    from workbench.train.checkpoint import BestInMemory
+
+    writes: list[str] = []
+    write = TorchCheckpointIO.save_checkpoint
+
+    def counted(self, checkpoint, path, storage_options=None):
+        writes.append(str(path))
+        write(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", counted)
+    spec = TrainerSpec(max_epochs=8, patience=8, accelerator="cpu")
+    saved = {}
+    for name, kind in (("ours", BestInMemory), ("lightning", ModelCheckpoint)):
+        monkeypatch.setattr(train, "BestInMemory", kind)
+        pl.seed_everything(0, verbose=False)
+        data = create_data("breast_cancer", seed=0, batch_size=32)
+        model = create_model("mlp", **data.model_kwargs())
+        writes.clear()
+        result = fit(model, data, spec, tmp_path / name, monitor="val/loss", mode="min")
+        text = torch.load(result.checkpoint, weights_only=True)
+        # The folders differ, nothing else may.
+        saved[name] = (list(writes), _renamed(text, str(tmp_path / name), "FOLDER"))
+    (our_writes, ours), (their_writes, theirs) = saved["ours"], saved["lightning"]
+    assert len(our_writes) == 1 and len(their_writes) > 1
+    assert ours["epoch"] > 0
+    _same(ours, theirs)
+
+    monkeypatch.setattr(train, "BestInMemory", BestInMemory)
+
+    def stop(epoch, metrics):
+        if epoch == 3:
+            raise RuntimeError("pruned")
+
+    writes.clear()
+    pl.seed_everything(0, verbose=False)
+    model = create_model("mlp", **data.model_kwargs())
+    with pytest.raises(RuntimeError, match="pruned"):
+        fit(model, data, spec, tmp_path / "stopped", monitor="val/loss", on_epoch=stop)
+    assert writes == [str(tmp_path / "stopped" / "best.ckpt")]
+    assert torch.load(writes[0], weights_only=True)["epoch"] <= 3

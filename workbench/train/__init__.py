@@ -26,6 +26,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from workbench import registry
 from workbench.contracts import CountsConfusion
 from workbench.spec import ExperimentSpec, SpecError, TrainerSpec
+from workbench.train.checkpoint import BestInMemory
 from workbench.train.ddp import CountsValidation, check_ddp, ddp_strategy, is_ddp
 from workbench.train.threads import SmallStepThreads
 
@@ -90,9 +91,9 @@ class EpochHistory(Callback):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(stages)}
         metrics["lr"] = self._lr
         self.rows.append({"epoch": self._epoch, **metrics})
+        epoch, self._epoch = self._epoch, None  # recorded once, even if on_epoch raises
         if self.on_epoch is not None:
-            self.on_epoch(self._epoch, metrics)
-        epoch, self._epoch = self._epoch, None
+            self.on_epoch(epoch, metrics)
         for name, value in metrics.items():
             if name.startswith("train/") and name.endswith("loss") and not math.isfinite(value):
                 raise FloatingPointError(f"{name} became {value} at epoch {epoch}")
@@ -216,7 +217,7 @@ def build_trainer(
     callbacks: Sequence[Callback] = (),
 ) -> tuple[pl.Trainer, ModelCheckpoint]:
     """A Trainer that stops early on ``monitor`` and keeps the best checkpoint in a directory."""
-    checkpoint = ModelCheckpoint(
+    checkpoint = BestInMemory(
         dirpath=str(checkpoint_dir),
         filename="best",
         monitor=monitor,

@@ -18,6 +18,7 @@ SCRIPTS = [
     "study_efficiency.py",
     "workers.py",
     "fixed_costs.py",
+    "study_wall_time.py",  # ~10-30 min: the 50-trial MLP study, before and after issue 25
     "drift_power.py",  # needs the demo's champion: `make demo` first
     "serve_load.py",
     "robustness.py",  # ~25 min: two CNNs over 3 seeds, attacked

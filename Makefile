@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 TRIALS  ?=
 
-.PHONY: demo test bench lint format ui lab clean-venv
+.PHONY: demo test bench lint format ui lab notebooks clean-venv
 
 # The environment: a venv with the package and the exact versions in requirements.lock.
 # torch is pinned to 2.13.0, which this machine's pip takes as a CPU wheel from local disk.
@@ -46,6 +46,9 @@ lab: $(STAMP)  ## JupyterLab on notebooks/; Launcher > Optuna Dashboard opens th
 	@echo "Optuna Dashboard tab: storage sqlite:///$(CURDIR)/mlruns/optuna.db," \
 	      "artifact path $(CURDIR)/mlruns/optuna-artifacts"
 	$(BIN)/jupyter lab --ip 127.0.0.1 $(AS_ROOT) notebooks/
+
+notebooks: $(STAMP)  ## run the notebooks at full size (against mlruns/) and keep their outputs
+	$(BIN)/python scripts/run_notebooks.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -200,20 +200,6 @@ def study_note(study, run, links: Links, figures: dict, champion: int | None) ->
     return "\n".join(lines) + "\n"
 
 
-def reviews(storage, study_name: str) -> dict[int | None, str]:
-    """Notes a person edited after workbench wrote them: trial number (None: the study) → body."""
-    from optuna_dashboard._note import get_note_from_system_attrs
-
-    study = optuna.load_study(study_name=study_name, storage=storage)
-    attrs = study._storage.get_study_system_attrs(study._study_id)
-    found = {}
-    for number, trial_id in [(None, None)] + [(t.number, t._trial_id) for t in study.trials]:
-        note = get_note_from_system_attrs(attrs, trial_id)
-        if _edited(attrs, trial_id, note):
-            found[number] = note["body"]
-    return found
-
-
 # --- notes ----------------------------------------------------------------------------------
 
 

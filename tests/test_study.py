@@ -199,3 +199,132 @@ def test_pruned_trials_end_killed_not_failed(tmp_path: Path):
     children = _children(result)
     assert [r.info.status for r in children] == ["KILLED", "KILLED"]
     assert all("pruned" in r.data.tags["workbench.end_reason"] for r in children)
+
+
+def test_each_trials_cyclic_garbage_is_freed_before_the_next_and_the_freeze_is_undone():
+    """The collection between trials (in place of Optuna's gc_after_trial) frees a trial's
+    model held in a reference cycle, as Lightning's module and trainer are, before the next
+    trial starts; objects that survived the first collection are frozen during the study and
+    given back to the collector after it."""
+    import gc
+    import weakref
+
+    from workbench.study.workers import CollectBetweenTrials
+
+    previous: list[weakref.ref] = []
+    alive_at_start = []
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1000))
+            self.me = self  # a cycle: only the collector frees it
+
+    def objective(trial):
+        alive_at_start.append([ref() is not None for ref in previous])
+        model = Model()
+        previous.append(weakref.ref(model))
+        return float(trial.number)
+
+    gc.disable()  # no automatic collection may free the cycles for us
+    collect = CollectBetweenTrials()
+    try:
+        study = optuna.create_study()
+        study.optimize(objective, n_trials=3, callbacks=[collect])
+        assert gc.get_freeze_count() > 0  # the first trial's survivors are frozen
+    finally:
+        collect.release()
+        gc.enable()
+    assert alive_at_start == [[], [False], [False, False]]
+    assert gc.get_freeze_count() == 0
+
+
+def test_epoch_metrics_are_written_in_batches_and_kept_however_the_block_ends(tmp_path: Path):
+    """Per-epoch metrics wait in memory and reach the run in one write at the block's end (or
+    after flush_s, or MLflow's 1000 a batch); a run ended by an exception keeps every epoch."""
+    store = tracking.open_store(tmp_path / "mlruns", "epochs")
+    client = store.client
+
+    def history(run_id: str, key: str) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+    run = tracking.start_run(store, "batched", {})
+    with tracking.EpochMetrics(store, run, flush_s=3600) as epochs:
+        for epoch in range(3):
+            epochs.add({"val/loss": 1.0 / (epoch + 1), "train/loss": 2.0}, epoch)
+        assert history(run, "val/loss") == []  # nothing written yet: one write at the end
+    assert history(run, "val/loss") == [(0, 1.0), (1, 0.5), (2, 1.0 / 3)]
+
+    pruned = tracking.start_run(store, "pruned", {})
+    with pytest.raises(optuna.TrialPruned):
+        with tracking.EpochMetrics(store, pruned, flush_s=3600) as epochs:
+            epochs.add({"val/loss": 0.7}, 0)
+            epochs.add({"val/loss": 0.9}, 1)
+            raise optuna.TrialPruned("pruned at epoch 1")
+    assert history(pruned, "val/loss") == [(0, 0.7), (1, 0.9)]
+
+    every = tracking.start_run(store, "immediate", {})
+    with tracking.EpochMetrics(store, every, flush_s=0) as epochs:
+        epochs.add({"val/loss": 0.5}, 0)
+        assert history(every, "val/loss") == [(0, 0.5)]  # flush_s passed: written at once
+
+    many = tracking.start_run(store, "many", {})
+    with tracking.EpochMetrics(store, many, flush_s=3600) as epochs:
+        for epoch in range(700):  # 1400 values: more than MLflow takes in one batch
+            epochs.add({"a": epoch, "b": -epoch}, epoch)
+        assert len(epochs.waiting) == 400  # the first 1000 were written when they filled a batch
+    assert len(history(many, "a")) == len(history(many, "b")) == 700
+
+
+def test_a_study_trial_logs_every_epoch_of_its_history(finished):
+    """Each trial's run holds one val/loss per epoch it trained (written in batches)."""
+    spec, result = finished
+    client = MlflowClient(result.tracking_uri)
+    for run in _children(result):
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")]
+        assert steps == list(range(int(run.data.metrics["epochs"])))
+
+
+def test_the_pruner_is_asked_only_once_it_can_prune_and_every_epoch_is_reported():
+    """A trial worse than the median is pruned at the pruner's first step past its warm-up, as
+    with optuna-integration's own callback; epochs before it are reported, not asked about."""
+    import lightning.pytorch as pl
+
+    from workbench.study.ddp import pruning_callback
+
+    class Constant(pl.LightningModule):  # val/loss 1.0 every epoch: worse than the median
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch[0]).pow(2).mean()
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val/loss", 1.0)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    study = optuna.create_study(pruner=optuna.pruners.MedianPruner(1, n_warmup_steps=3))
+    done = study.ask()
+    for step in range(6):
+        done.report(0.1, step)
+    study.tell(done, 0.1)
+
+    trial = study.ask()
+    asked = []
+    should_prune = trial.should_prune
+    trial.should_prune = lambda: asked.append(trial.number) or should_prune()
+    rows = torch.utils.data.TensorDataset(torch.randn(8, 2))
+    loader = torch.utils.data.DataLoader(rows, batch_size=4)
+    trainer = pl.Trainer(
+        max_epochs=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        callbacks=[pruning_callback(trial, "val/loss", distributed=False)],
+        num_sanity_val_steps=0, enable_model_summary=False,
+    )  # fmt: skip
+    with pytest.raises(optuna.TrialPruned, match="epoch 3"):
+        trainer.fit(Constant(), loader, loader)
+    reported = study._storage.get_trial(trial._trial_id).intermediate_values
+    assert reported == {0: 1.0, 1: 1.0, 2: 1.0, 3: 1.0}
+    assert len(asked) == 1  # at epoch 3 only, not at 0-2

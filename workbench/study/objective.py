@@ -95,28 +95,30 @@ class Objective:
             folder = store.root / "checkpoints" / spec.name / f"{role}-{trial.number}-{run_id}"
             folder.mkdir(parents=True, exist_ok=False)
             started = time.perf_counter()
-            result = fit(
-                model,
-                data,
-                spec.trainer,
-                folder,
-                monitor=spec.study.metric,
-                mode=_mode(spec),
-                # Optuna cannot prune a trial with several objectives.
-                callbacks=[
-                    *training_callbacks(spec, data),
-                    *([watch.trial_callback(name)] if watch is not None else []),
-                    *(
-                        [pruning_callback(trial, spec.study.metric, is_ddp(spec.trainer))]
-                        if not spec.study.extra_objectives
-                        else []
+            with tracking.EpochMetrics(store, run_id) as epochs:
+                result = fit(
+                    model,
+                    data,
+                    spec.trainer,
+                    folder,
+                    monitor=spec.study.metric,
+                    mode=_mode(spec),
+                    # Optuna cannot prune a trial with several objectives.
+                    callbacks=[
+                        *training_callbacks(spec, data),
+                        *([watch.trial_callback(name)] if watch is not None else []),
+                        *(
+                            [pruning_callback(trial, spec.study.metric, is_ddp(spec.trainer))]
+                            if not spec.study.extra_objectives
+                            else []
+                        ),
+                    ],
+                    on_epoch=lambda epoch, metrics: _log_epoch(
+                        epochs, store, run_id, model, epoch, metrics, spec.tracking.data_policy
                     ),
-                ],
-                on_epoch=lambda epoch, metrics: _log_epoch(
-                    store, run_id, model, epoch, metrics, spec.tracking.data_policy
-                ),
-            )
-            _log_result(store, run_id, model, result, time.perf_counter() - started)
+                )
+                fit_s = time.perf_counter() - started
+            _log_result(store, run_id, model, result, fit_s)
             if spec.robustness.evaluate:
                 log_robustness(store, run_id, attack_report(model.net, data, spec.robustness))
             if spec.tracking.log_models == "all":  # else the champion's, when the study ends
@@ -263,13 +265,19 @@ def _repeats(trial: optuna.Trial) -> int | None:
 
 
 def _log_epoch(
-    store, run_id: str, model, epoch: int, metrics: dict[str, float], policy: str = "raw"
+    epochs: tracking.EpochMetrics,
+    store,
+    run_id: str,
+    model,
+    epoch: int,
+    metrics: dict[str, float],
+    policy: str = "raw",
 ) -> None:
-    """An epoch's metrics, and the figures the model draws (samples, reconstructions) if any.
-    The figures are drawn from data the model holds (a reconstruction draws validation
-    images), which no sanitising step reaches: under a data policy other than ``raw`` none
-    is logged."""
-    tracking.log_metrics(store, run_id, metrics, epoch)
+    """An epoch's metrics (into ``epochs``, written in batches), and the figures the model draws
+    (samples, reconstructions) if any. The figures are drawn from data the model holds (a
+    reconstruction draws validation images), which no sanitising step reaches: under a data
+    policy other than ``raw`` none is logged."""
+    epochs.add(metrics, epoch)
     if isinstance(model, DrawsEpochFigures) and policy == "raw":
         for name, figure in model.epoch_figures().items():
             tracking.log_figure(store, run_id, figure, f"plots/{name}/epoch_{epoch:03d}.png")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import os
 from pathlib import Path
 
@@ -44,6 +45,7 @@ def optimize(
     reproductions) only enqueued ones: never a newly sampled configuration."""
     claim = NextTrialClaim(Path(spec.tracking.root) / f".{study.study_name}.claim.lock")
     stop_at_count = StopAtCount(spec.study.trials, count_running, claim, queued_only)
+    collect = CollectBetweenTrials()
     try:
         # The first trial is counted like every later one: a worker that starts late (a slow
         # spawn on a loaded machine) must see the trials already running elsewhere.
@@ -53,12 +55,39 @@ def optimize(
             Objective(spec, data, store, parent, claim),
             n_trials=n,
             catch=(FloatingPointError,),  # a diverged trial is recorded FAILED; the study goes on
-            gc_after_trial=True,
-            callbacks=[stop_at_count, report_trial],
-            show_progress_bar=spec.study.progress_bar and spec.study.workers == 1,
+            callbacks=[collect, stop_at_count, report_trial],  # collect: in place of
+            show_progress_bar=spec.study.progress_bar and spec.study.workers == 1,  # gc_after_trial
         )
     finally:
+        collect.release()
         claim.release()
+
+
+class CollectBetweenTrials:
+    """Frees each finished trial's model, as Optuna's ``gc_after_trial`` does, without walking
+    everything the process has imported after every trial.
+
+    A trial's Lightning module and trainer refer to each other, so only the cycle collector frees
+    them (and a GPU's memory with them). A full collection walks every tracked object: about
+    640,000 once torch, Lightning and MLflow are imported, 0.35 s on the reference machine, a
+    tenth of a small trial. After the first trial's collection the objects that survived it
+    (modules, caches, the study) are frozen (``gc.freeze``): later collections walk only what
+    later trials made. ``release()`` (the study's trials are over) returns them to the collector.
+    """
+
+    def __init__(self) -> None:
+        self.froze = False
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        gc.collect()
+        if not self.froze:
+            gc.freeze()
+            self.froze = True
+
+    def release(self) -> None:
+        if self.froze:
+            gc.unfreeze()
+            self.froze = False
 
 
 class NextTrialClaim:

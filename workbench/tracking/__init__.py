@@ -128,6 +128,49 @@ def log_metrics(store: Store, run_id: str, metrics: dict[str, float], step: int 
     )
 
 
+class EpochMetrics:
+    """A run's per-epoch metrics, written in batches: when ``flush_s`` seconds have passed since
+    the last write, when MLflow's limit of values a batch waits, and when the ``with`` block
+    ends however it ends (a pruned, failed or interrupted run keeps every epoch it logged). Each
+    write is a SQLite transaction, about 10 ms: written one an epoch it was a sixth of a small
+    trial's fit. Each value keeps the time it was added; a run watched live in the MLflow UI
+    shows its epochs up to ``flush_s`` late."""
+
+    MAX_BATCH = 1000  # MLflow's limit of metrics in one log_batch
+
+    def __init__(self, store: Store, run_id: str, flush_s: float = 5.0) -> None:
+        import time
+
+        self.store, self.run_id, self.flush_s = store, run_id, flush_s
+        self.waiting: list[Metric] = []
+        self._clock = time.monotonic
+        self._last = self._clock()
+
+    def add(self, metrics: dict[str, float], step: int) -> None:
+        import time
+
+        now = int(time.time() * 1000)
+        self.waiting += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        if len(self.waiting) >= self.MAX_BATCH or self._clock() - self._last >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        while self.waiting:
+            batch, self.waiting = self.waiting[: self.MAX_BATCH], self.waiting[self.MAX_BATCH :]
+            self.store.client.log_batch(self.run_id, metrics=batch)
+        self._last = self._clock()
+
+    def __enter__(self) -> EpochMetrics:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        try:
+            self.flush()
+        except Exception:
+            if kind is None:
+                raise  # else the run's own error goes on, not this one
+
+
 def set_tags(store: Store, run_id: str, tags: dict[str, Any]) -> None:
     store.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 

@@ -133,3 +133,37 @@ def test_review_of_a_root_without_a_study_names_it(tmp_path, capsys):
 
     assert main(["review", "--root", str(tmp_path / "nowhere")]) == 2
     assert "no optuna.db" in capsys.readouterr().err
+
+
+def test_a_trials_note_and_curves_are_there_while_the_study_still_runs(tmp_path):
+    """Each trial's note is written as it ends, by the process that ran it: while a later trial
+    runs, every finished trial already has its note with its learning curves embedded."""
+    import time
+
+    from workbench.study import run_study
+
+    root = tmp_path / "mlruns"
+    settings = {"tracking.review": True, "trainer.max_epochs": 40, "trainer.patience": 40}
+    overrides = tiny(root, **settings, **{"study.pruner": "none", "study.pruner_options": "{}"})
+    handle = run_study(
+        EXPERIMENTS / "breast_cancer_mlp.yaml", trials=3, overrides=overrides, background=True
+    )
+    storage = f"sqlite:///{root / 'optuna.db'}"
+    seen_running = set()
+    while not handle.done:
+        time.sleep(0.05)
+        if handle.running is None:  # the stores may not exist yet: opening one would race
+            continue
+        study = optuna.load_study(study_name="breast_cancer_mlp", storage=storage)
+        running = [t.number for t in study.trials if t.state.name == "RUNNING"]
+        if not running or running[0] == 0:
+            continue
+        notes = _notes(study)
+        finished = [t for t in study.trials if t.state.is_finished()]
+        for trial in finished:
+            body = notes[trial.number]["body"]
+            assert body.startswith(f"## Trial {trial.number}: {trial.state.name}"), body
+            assert "![learning_curves](" in body
+        seen_running.add(running[0])
+    handle.result()
+    assert seen_running, "never saw a trial after the first one running"

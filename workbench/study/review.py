@@ -22,6 +22,7 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Collection
 from typing import Any
 
 import optuna
@@ -81,9 +82,11 @@ def annotate(
     study_name: str,
     links: Links = Links(),
     figures: bool = True,
+    trials: Collection[int] | None = None,
 ) -> Reviewed:
-    """Notes, figures and links for study ``study_name`` and its finished trials; a note a
-    person edited since workbench wrote it is not overwritten but copied to the MLflow run."""
+    """Notes, figures and links for study ``study_name`` and its finished trials (only trials
+    numbered in ``trials`` when given, and then no study note); a note a person edited since
+    workbench wrote it is not overwritten but copied to the MLflow run."""
     from optuna.artifacts import FileSystemArtifactStore
 
     study = optuna.load_study(study_name=study_name, storage=storage)
@@ -93,14 +96,10 @@ def annotate(
     artifacts = FileSystemArtifactStore(str(folder))
     attrs = storage.get_study_system_attrs(study_id)
     done = Reviewed()
-    try:
-        parent = tracking.find_study_run(store, study_name)
-    except ValueError:  # a confirmation's or reproduction's study ("name:confirm"): no parent
-        parent = None
     champion = _champion(study)
     for trial in study.get_trials(deepcopy=False, states=_FINISHED):
         run_id = trial.user_attrs.get("mlflow_run_id")
-        if run_id is None:
+        if run_id is None or (trials is not None and trial.number not in trials):
             continue
         try:
             run = store.client.get_run(run_id)
@@ -116,6 +115,12 @@ def annotate(
         if _write_note(storage, study_id, trial._trial_id, attrs, body):
             done.notes_written += 1
         _link_run(store, run, links.trial(study_id, trial.number), _run_tags(study, trial))
+    if trials is not None:
+        return done
+    try:
+        parent = tracking.find_study_run(store, study_name)
+    except ValueError:  # a confirmation's or reproduction's study ("name:confirm"): no parent
+        parent = None
     if parent is not None:
         run = store.client.get_run(parent)
         if _sync_review(storage, study_id, None, attrs, store, parent):
@@ -127,6 +132,23 @@ def annotate(
                 done.notes_written += 1
         _link_run(store, run, links.study(study_id), {})
     return done
+
+
+class AnnotateEachTrial:
+    """An ``optimize`` callback: a trial's note and learning curves as soon as it ends, drawn
+    by the worker process that ran it. A long study's finished trials can be reviewed while it
+    runs, and N workers draw their own trials' figures side by side (a figure takes about
+    0.2 s). At the study's end ``annotate`` adds the champion's figures and the study's note,
+    and rewrites only the notes that changed (the champion's mark)."""
+
+    def __init__(self, store: tracking.Store) -> None:
+        self.store = store
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        try:
+            annotate(study._storage, self.store, study.study_name, trials={trial.number})
+        except Exception as exc:  # noqa: BLE001 — a note is never worth a study
+            print(f"trial {trial.number}: no dashboard note: {type(exc).__name__}: {exc}")
 
 
 def annotate_root(root: str | Path, links: Links = Links(), experiment: str = "workbench") -> dict:

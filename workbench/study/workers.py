@@ -46,6 +46,11 @@ def optimize(
     claim = NextTrialClaim(Path(spec.tracking.root) / f".{study.study_name}.claim.lock")
     stop_at_count = StopAtCount(spec.study.trials, count_running, claim, queued_only)
     collect = CollectBetweenTrials()
+    review = []
+    if spec.tracking.review:  # each trial's dashboard note as it ends
+        from workbench.study.review import AnnotateEachTrial
+
+        review = [AnnotateEachTrial(store)]
     try:
         # The first trial is counted like every later one: a worker that starts late (a slow
         # spawn on a loaded machine) must see the trials already running elsewhere.
@@ -55,7 +60,7 @@ def optimize(
             Objective(spec, data, store, parent, claim),
             n_trials=n,
             catch=(FloatingPointError,),  # a diverged trial is recorded FAILED; the study goes on
-            callbacks=[collect, stop_at_count, report_trial],  # collect: in place of
+            callbacks=[*review, collect, stop_at_count, report_trial],  # collect: in place of
             show_progress_bar=spec.study.progress_bar and spec.study.workers == 1,  # gc_after_trial
         )
     finally:

@@ -20,9 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Collection
 from typing import Any
 
 import optuna

@@ -7,7 +7,8 @@ its metrics, links to the MLflow parent run and the study report). Each MLflow r
 a description linking to its dashboard page and sortable tags (trial number, state, objective),
 and a note a person edited in the dashboard comes back as the run's ``workbench.review`` tag.
 
-It runs when a study ends and whenever ``workbench ui`` or ``workbench review`` starts (so the
+It runs for each trial as it ends (``AnnotateEachTrial``, in the process that ran it), for the
+whole study when it ends, and whenever ``workbench ui`` or ``workbench review`` starts (so the
 links carry the ports the UIs really listen on). Figures are files in an Optuna
 ``FileSystemArtifactStore`` under ``<root>/optuna-artifacts`` (``workbench ui`` hands it to the
 dashboard as ``--artifact-dir``). Optuna refuses artifacts on a finished trial, so a trial's

@@ -65,7 +65,8 @@ DRIVER = textwrap.dedent(
 
 # (phase, function, when, how many calls a 3-trial, 2-epoch study makes at least)
 POINTS = [
-    ("trial", "workbench.tracking.log_metrics", "before", 8),
+    ("trial", "workbench.tracking.EpochMetrics.flush", "before", 3),  # a trial's epochs
+    ("trial", "workbench.tracking.log_metrics", "before", 3),  # its test metrics
     ("logging the champion", "workbench.tracking.log_model", "before", 1),
     ("logging the champion", "workbench.tracking.log_figure", "after", 1),
     ("closing a run", "workbench.tracking.end_run", "after", 3),

@@ -88,6 +88,16 @@ def test_every_trial_and_the_study_get_a_note_with_figures_and_links_both_ways(r
     assert "http://127.0.0.1:5999/#/experiments/" in _notes(study)[0]["body"]
     annotate(result.storage_url, store, result.study_name)  # back to the defaults
 
+    # A figure recorded by another machine (a shared study, each machine its own root) is not
+    # in this root's folder: this pass uploads it here and the note points at the new file.
+    first = study.trials[0]
+    embedded = [line for line in _notes(study)[0]["body"].splitlines() if "learning_curves" in line]
+    (folder / embedded[0].rstrip(")").rsplit("/", 1)[1]).unlink()
+    again = annotate(result.storage_url, store, result.study_name)
+    assert again.figures_uploaded == 1
+    line = [x for x in _notes(study)[first.number]["body"].splitlines() if "learning_curves" in x]
+    assert (folder / line[0].rstrip(")").rsplit("/", 1)[1]).read_bytes().startswith(PNG)
+
 
 def test_a_note_edited_through_the_dashboard_reaches_the_mlflow_run(reviewed_study):
     from workbench.cli import main
@@ -164,6 +174,9 @@ def test_a_trials_note_and_curves_are_there_while_the_study_still_runs(tmp_path)
             body = notes[trial.number]["body"]
             assert body.startswith(f"## Trial {trial.number}: {trial.state.name}"), body
             assert "![learning_curves](" in body
+            assert "champion" not in body  # known when the study ends, not before
         seen_running.add(running[0])
-    handle.result()
+    result = handle.result()
     assert seen_running, "never saw a trial after the first one running"
+    champion = _notes(result.load_study())[result.best_trial]["body"].splitlines()[0]
+    assert champion.endswith("· champion")  # marked when the study ended

@@ -238,6 +238,34 @@ def test_each_trials_cyclic_garbage_is_freed_before_the_next_and_the_freeze_is_u
     assert alive_at_start == [[], [False], [False, False]]
     assert gc.get_freeze_count() == 0
 
+    # In a thread (a notebook's background study) nothing is frozen: freezing is process-wide
+    # and would hold the kernel's own objects; each trial's garbage is still collected.
+    import threading
+
+    previous.clear()
+    alive_at_start.clear()
+    frozen = []
+
+    def in_a_thread():
+        collect = CollectBetweenTrials()
+        study = optuna.create_study()
+        study.optimize(
+            objective,
+            n_trials=3,
+            callbacks=[collect, lambda s, t: frozen.append(gc.get_freeze_count())],
+        )
+        collect.release()
+
+    gc.disable()
+    try:
+        thread = threading.Thread(target=in_a_thread)
+        thread.start()
+        thread.join()
+    finally:
+        gc.enable()
+    assert alive_at_start == [[], [False], [False, False]]
+    assert frozen == [0, 0, 0]
+
 
 def test_epoch_metrics_are_written_in_batches_and_kept_however_the_block_ends(tmp_path: Path):
     """Per-epoch metrics wait in memory and reach the run in one write at the block's end (or
@@ -262,6 +290,17 @@ def test_epoch_metrics_are_written_in_batches_and_kept_however_the_block_ends(tm
             epochs.add({"val/loss": 0.9}, 1)
             raise optuna.TrialPruned("pruned at epoch 1")
     assert history(pruned, "val/loss") == [(0, 0.7), (1, 0.9)]
+
+    # A write that fails keeps its values: the next flush writes them.
+    failing = tracking.start_run(store, "failing", {})
+    epochs = tracking.EpochMetrics(store, failing, flush_s=3600)
+    epochs.add({"val/loss": 0.3}, 0)
+    client.delete_run(failing)  # MLflow refuses to log to a deleted run
+    with pytest.raises(Exception, match="deleted|active"):
+        epochs.flush()
+    client.restore_run(failing)
+    epochs.flush()
+    assert history(failing, "val/loss") == [(0, 0.3)]
 
     every = tracking.start_run(store, "immediate", {})
     with tracking.EpochMetrics(store, every, flush_s=0) as epochs:

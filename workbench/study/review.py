@@ -18,6 +18,7 @@ attributes, which its trial page lists); the study's go through ``optuna.artifac
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import tempfile
@@ -86,18 +87,37 @@ def annotate(
     trials: Collection[int] | None = None,
 ) -> Reviewed:
     """Notes, figures and links for study ``study_name`` and its finished trials (only trials
-    numbered in ``trials`` when given, and then no study note); a note a person edited since
-    workbench wrote it is not overwritten but copied to the MLflow run."""
+    numbered in ``trials`` when given, and then neither a study note nor a champion: which
+    trial that is is known when the study ends); a note a person edited since workbench wrote
+    it is not overwritten but copied to the MLflow run. Passes on one root take turns (a file
+    lock), so that two never upload one figure twice or interleave a note's versions."""
+    folder = store.root / ARTIFACT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    with _one_pass_at_a_time(folder):
+        return _annotate(storage, store, study_name, links, figures, trials, folder)
+
+
+@contextlib.contextmanager
+def _one_pass_at_a_time(folder: Path):
+    import fcntl
+
+    with open(folder / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _annotate(storage, store, study_name, links, figures, trials, folder: Path) -> Reviewed:
     from optuna.artifacts import FileSystemArtifactStore
 
     study = optuna.load_study(study_name=study_name, storage=storage)
     storage, study_id = study._storage, study._study_id
-    folder = store.root / ARTIFACT_DIR
-    folder.mkdir(parents=True, exist_ok=True)
     artifacts = FileSystemArtifactStore(str(folder))
     attrs = storage.get_study_system_attrs(study_id)
     done = Reviewed()
-    champion = _champion(study)
+    champion = _champion(study) if trials is None else None
     for trial in study.get_trials(deepcopy=False, states=_FINISHED):
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id is None or (trials is not None and trial.number not in trials):
@@ -110,7 +130,9 @@ def annotate(
             done.reviews_synced += 1
             continue
         wanted = _figure_names(trial, champion) if figures else []
-        ids = _trial_figures(storage, study_id, trial, run, store, artifacts, attrs, wanted)
+        ids = _trial_figures(
+            storage, study_id, trial, run, store, artifacts, attrs, wanted, folder
+        )  # fmt: skip
         done.figures_uploaded += ids.pop("_uploaded", 0)
         body = trial_note(study_id, trial, run, links, ids, champion == trial.number)
         if _write_note(storage, study_id, trial._trial_id, attrs, body):
@@ -339,10 +361,12 @@ def _figure_names(trial, champion: int | None) -> list[str]:
     return names
 
 
-def _trial_figures(storage, study_id, trial, run, store, artifacts, attrs, wanted) -> dict:
-    """The trial's figures in the artifact store (uploaded once), name → artifact id."""
+def _trial_figures(storage, study_id, trial, run, store, artifacts, attrs, wanted, folder) -> dict:
+    """The trial's figures in the artifact store (uploaded once), name → artifact id. A figure
+    recorded by another machine (a shared PostgreSQL study, each machine its own root) is not
+    in this root's artifact folder: it is uploaded here again."""
     key = _FIGURES + str(trial._trial_id)
-    ids = dict(attrs.get(key, {}))
+    ids = {n: i for n, i in attrs.get(key, {}).items() if (folder / i).is_file()}
     missing = [n for n in wanted if n not in ids]
     uploaded = 0
     if missing:

@@ -78,14 +78,24 @@ class CollectBetweenTrials:
     tenth of a small trial. After the first trial's collection the objects that survived it
     (modules, caches, the study) are frozen (``gc.freeze``): later collections walk only what
     later trials made. ``release()`` (the study's trials are over) returns them to the collector.
+
+    Freezing is process-wide, so it happens only for a study in the main thread with nothing
+    frozen already: a study a notebook runs in a thread (``background.StudyHandle``) would freeze
+    the kernel's own objects with it, and another frozen heap is someone else's to release.
+    Such a study collects in full after each trial, as Optuna does.
     """
 
     def __init__(self) -> None:
+        import threading
+
         self.froze = False
+        self.may_freeze = (
+            threading.current_thread() is threading.main_thread() and gc.get_freeze_count() == 0
+        )
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         gc.collect()
-        if not self.froze:
+        if self.may_freeze and not self.froze:
             gc.freeze()
             self.froze = True
 

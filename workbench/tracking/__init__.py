@@ -131,10 +131,11 @@ def log_metrics(store: Store, run_id: str, metrics: dict[str, float], step: int 
 class EpochMetrics:
     """A run's per-epoch metrics, written in batches: when ``flush_s`` seconds have passed since
     the last write, when MLflow's limit of values a batch waits, and when the ``with`` block
-    ends however it ends (a pruned, failed or interrupted run keeps every epoch it logged). Each
-    write is a SQLite transaction, about 10 ms: written one an epoch it was a sixth of a small
-    trial's fit. Each value keeps the time it was added; a run watched live in the MLflow UI
-    shows its epochs up to ``flush_s`` late."""
+    ends however it ends (a pruned, failed or interrupted run keeps every epoch it logged; a
+    process killed outright, SIGKILL or out of memory, loses at most the last ``flush_s``
+    seconds of them). Each write is a SQLite transaction, about 10 ms: written one an epoch it
+    was a sixth of a small trial's fit. Each value keeps the time it was added; a run watched
+    live in the MLflow UI shows its epochs up to ``flush_s`` late."""
 
     MAX_BATCH = 1000  # MLflow's limit of metrics in one log_batch
 
@@ -155,9 +156,9 @@ class EpochMetrics:
             self.flush()
 
     def flush(self) -> None:
-        while self.waiting:
-            batch, self.waiting = self.waiting[: self.MAX_BATCH], self.waiting[self.MAX_BATCH :]
-            self.store.client.log_batch(self.run_id, metrics=batch)
+        while self.waiting:  # a batch leaves the queue once written: a failed write is retried
+            self.store.client.log_batch(self.run_id, metrics=self.waiting[: self.MAX_BATCH])
+            del self.waiting[: self.MAX_BATCH]
         self._last = self._clock()
 
     def __enter__(self) -> EpochMetrics:
@@ -166,9 +167,16 @@ class EpochMetrics:
     def __exit__(self, kind, error, traceback) -> None:
         try:
             self.flush()
-        except Exception:
+        except Exception as exc:
             if kind is None:
-                raise  # else the run's own error goes on, not this one
+                raise
+            import warnings  # the run's own error goes on, not this one
+
+            warnings.warn(
+                f"run {self.run_id}: {len(self.waiting)} epoch metric values not written "
+                f"({type(exc).__name__}: {exc})",
+                stacklevel=2,
+            )
 
 
 def set_tags(store: Store, run_id: str, tags: dict[str, Any]) -> None:

@@ -69,6 +69,6 @@ class DistilledCNNModule(SupervisedModule):
         loss = distillation_loss(
             logits, teacher_logits, targets, self.hparams.temperature, self.hparams.alpha
         )
-        self.train_metrics["scores"].update(logits.detach(), targets)
+        self.keep_scores("train", logits.detach(), targets)
         self.train_metrics["loss"].update(loss.detach(), len(targets))
         return loss

@@ -137,6 +137,11 @@ class SupervisedModule(pl.LightningModule):
         if task == "classification":
             self.test_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
             self.test_reliability = ReliabilityBins()
+        self._kept: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {
+            "train": [],
+            "val": [],
+            "test": [],
+        }
 
     @staticmethod
     def output_size(num_classes: int, task: str) -> int:
@@ -163,25 +168,38 @@ class SupervisedModule(pl.LightningModule):
         return F.mse_loss(outputs, targets)
 
     def step(self, batch, stage: str, loss: torch.Tensor | None = None) -> torch.Tensor:
-        """One batch: loss (unless given) and metric updates; nothing is logged per step.
+        """One batch: loss (unless given), its scores kept for the epoch's metrics; nothing is
+        logged per step.
 
-        ``self.log`` costs about a millisecond per call, more than a small model's step on a
-        CPU, so metrics are logged once per epoch.
+        ``self.log`` costs about a millisecond per call and a torchmetrics update about 0.25 ms,
+        as much as a small model's step on a CPU: metrics are updated and logged once an epoch.
         """
         inputs, targets = batch
         outputs = self.predict(inputs)
         if loss is None:
             loss = self.loss(outputs, targets)
-        metrics = getattr(self, f"{stage}_metrics")
         scores = outputs.detach()
         if self.task == "classification":
             scores = scores.softmax(-1)  # probabilities: AUROC and calibration need them
-        metrics["scores"].update(scores, targets)
-        metrics["loss"].update(loss.detach(), len(targets))
+        self.keep_scores(stage, scores, targets)
+        getattr(self, f"{stage}_metrics")["loss"].update(loss.detach(), len(targets))
+        return loss
+
+    def keep_scores(self, stage: str, scores: torch.Tensor, targets: torch.Tensor) -> None:
+        """A batch's scores and targets, for the stage's metrics when its epoch ends."""
+        self._kept[stage].append((scores, targets))
+
+    def _update_scores(self, stage: str) -> None:
+        """The epoch's kept batches into the stage's metrics, in one update."""
+        kept, self._kept[stage] = self._kept[stage], []
+        if not kept:
+            return
+        scores = torch.cat([batch_scores for batch_scores, _ in kept])
+        targets = torch.cat([batch_targets for _, batch_targets in kept])
+        getattr(self, f"{stage}_metrics")["scores"].update(scores, targets)
         if stage == "test" and self.task == "classification":
             self.test_confusion.update(scores, targets)
             self.test_reliability.update(scores, targets)
-        return loss
 
     def training_step(self, batch, batch_idx):
         return self.step(batch, "train")
@@ -194,6 +212,7 @@ class SupervisedModule(pl.LightningModule):
 
     def _log_epoch(self, stage: str) -> None:
         """Compute the stage's epoch metrics (one host sync), log them, and reset their states."""
+        self._update_scores(stage)
         metrics = getattr(self, f"{stage}_metrics")
         values = {f"{stage}/loss": metrics["loss"].compute()}
         for name, value in metrics["scores"].compute().items():
@@ -205,6 +224,15 @@ class SupervisedModule(pl.LightningModule):
         self.log_dict(values)
         metrics["scores"].reset()
         metrics["loss"].reset()
+
+    def on_train_epoch_start(self):
+        self._kept["train"] = []  # nothing left over from an epoch that was interrupted
+
+    def on_validation_epoch_start(self):
+        self._kept["val"] = []
+
+    def on_test_epoch_start(self):
+        self._kept["test"] = []
 
     def on_train_epoch_end(self):
         self._log_epoch("train")

@@ -135,6 +135,7 @@ class MiniLMModule(SupervisedModule):
         self.net.train(self.net.training)  # newly frozen blocks go to eval mode now
 
     def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
         self._set_frozen(self.current_epoch)
 
     def example_input(self, data=None, n: int = 2) -> torch.Tensor:

@@ -111,6 +111,7 @@ class TransferModule(SupervisedModule):
         self.net.train(self.net.training)  # unfrozen blocks take the network's mode again
 
     def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
         self._set_frozen(self.current_epoch)
 
     def configure_optimizers(self):

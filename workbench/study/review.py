@@ -18,7 +18,6 @@ attributes, which its trial page lists); the study's go through ``optuna.artifac
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import tempfile
@@ -93,20 +92,8 @@ def annotate(
     lock), so that two never upload one figure twice or interleave a note's versions."""
     folder = store.root / ARTIFACT_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    with _one_pass_at_a_time(folder):
+    with tracking.root_lock(folder):  # <root>/optuna-artifacts/.lock: one pass at a time
         return _annotate(storage, store, study_name, links, figures, trials, folder)
-
-
-@contextlib.contextmanager
-def _one_pass_at_a_time(folder: Path):
-    import fcntl
-
-    with open(folder / ".lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _annotate(storage, store, study_name, links, figures, trials, folder: Path) -> Reviewed:

@@ -60,8 +60,9 @@ def optimize(
             Objective(spec, data, store, parent, claim),
             n_trials=n,
             catch=(FloatingPointError,),  # a diverged trial is recorded FAILED; the study goes on
-            callbacks=[*review, collect, stop_at_count, report_trial],  # collect: in place of
-            show_progress_bar=spec.study.progress_bar and spec.study.workers == 1,  # gc_after_trial
+            # ``collect`` in place of Optuna's gc_after_trial (CollectBetweenTrials says why)
+            callbacks=[*review, collect, stop_at_count, report_trial],
+            show_progress_bar=spec.study.progress_bar and spec.study.workers == 1,
         )
     finally:
         collect.release()

@@ -19,6 +19,11 @@ from tests.servers import free_port, serving
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+def _is_figure(data: bytes) -> bool:
+    """A PNG (a run's own plot) or an SVG (learning curves drawn for the note)."""
+    return data.startswith(PNG) or (data.startswith(b"<svg") and b"<polyline" in data)
+
+
 @pytest.fixture(scope="module")
 def reviewed_study(tmp_path_factory):
     from workbench.study import run_study
@@ -54,7 +59,7 @@ def test_every_trial_and_the_study_get_a_note_with_figures_and_links_both_ways(r
         assert f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" in body
         if trial.values:
             assert f"{trial.values[0]:.4g}" in body  # the objective
-        # Every embedded figure is a PNG in the dashboard's artifact store.
+        # Every embedded figure is a PNG or SVG in the dashboard's artifact store.
         embedded = [line for line in body.splitlines() if line.startswith("![")]
         names = [line[2 : line.index("]")] for line in embedded]
         assert "learning_curves" in names
@@ -63,7 +68,7 @@ def test_every_trial_and_the_study_get_a_note_with_figures_and_links_both_ways(r
             assert {"confusion_matrix", "reliability"} <= set(names)
         for line in embedded:
             artifact_id = line.rstrip(")").rsplit("/", 1)[1]
-            assert (folder / artifact_id).read_bytes().startswith(PNG)
+            assert _is_figure((folder / artifact_id).read_bytes())
         # The run links back to the trial's dashboard page and carries sortable columns.
         description = run.data.tags["mlflow.note.content"]
         assert f"/dashboard/studies/{study._study_id}/trials?numbers={trial.number}" in description
@@ -96,7 +101,7 @@ def test_every_trial_and_the_study_get_a_note_with_figures_and_links_both_ways(r
     again = annotate(result.storage_url, store, result.study_name)
     assert again.figures_uploaded == 1
     line = [x for x in _notes(study)[first.number]["body"].splitlines() if "learning_curves" in x]
-    assert (folder / line[0].rstrip(")").rsplit("/", 1)[1]).read_bytes().startswith(PNG)
+    assert _is_figure((folder / line[0].rstrip(")").rsplit("/", 1)[1]).read_bytes())
 
 
 def test_a_note_edited_through_the_dashboard_reaches_the_mlflow_run(reviewed_study):
@@ -180,3 +185,29 @@ def test_a_trials_note_and_curves_are_there_while_the_study_still_runs(tmp_path)
     assert seen_running, "never saw a trial after the first one running"
     champion = _notes(result.load_study())[result.best_trial]["body"].splitlines()[0]
     assert champion.endswith("· champion")  # marked when the study ended
+
+
+def test_learning_curves_svg_places_each_epoch_and_leaves_a_gap_for_a_missing_value():
+    import xml.etree.ElementTree as ET
+
+    from workbench.plots import learning_curves_svg
+
+    history = [
+        {"epoch": 0, "train/loss": 1.0, "val/loss": 1.0, "val/acc": 0.5},
+        {"epoch": 1, "train/loss": 0.5, "val/loss": float("nan"), "val/acc": 0.75},
+        {"epoch": 2, "train/loss": 0.0, "val/loss": 0.5, "val/acc": 1.0},
+    ]
+    svg = ET.fromstring(learning_curves_svg(history, width=300))
+    ns = "{http://www.w3.org/2000/svg}"
+    assert svg.get("width") == "600"  # two panels: loss, acc
+    titles = [t.text for t in svg.iter(f"{ns}text")]
+    assert titles[0] == "loss" and "acc" in titles and "epoch" in titles
+    lines = [p.get("points") for p in svg.iter(f"{ns}polyline")]
+    # Loss panel: x from 52 to 290 (300 - 52 left - 10 right = 238 wide), y from 24 (at 1.0)
+    # to 166 (at 0.0; 200 - 24 top - 34 bottom = 142 high).
+    assert lines[0] == "52.0,24.0 171.0,95.0 290.0,166.0"  # train: every epoch
+    assert lines[1] == "352.0,166.0 471.0,95.0 590.0,24.0"  # val/acc, no train/acc logged
+    # val/loss: the NaN at epoch 2 leaves a gap, so its two values are dots
+    dots = [(c.get("cx"), c.get("cy")) for c in svg.iter(f"{ns}circle")]
+    assert dots == [("52.0", "24.0"), ("290.0", "95.0")]
+    assert {"1", "3", "0.5", "0"} <= set(titles)  # first and last epoch, y range

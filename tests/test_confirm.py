@@ -144,6 +144,41 @@ def test_a_lucky_single_trial_loses_the_champion_to_the_steadier_configuration(t
     assert printed.getvalue().strip() == markdown([row])
 
 
+def test_the_confirmation_runs_on_the_search_workers_without_spawning_them_again(
+    tmp_path: Path, monkeypatch
+):
+    """A 2-worker study starts its helper once: the search's helper, its imports done, stays for
+    the confirmation (spawning another cost about 13 s of a 2-worker study), and exits at the
+    end."""
+    import multiprocessing
+    import multiprocessing.context
+
+    from workbench.study.liveness import WORKER
+
+    spawned = []
+    start = multiprocessing.context.SpawnProcess.start
+
+    def counted(process):
+        start(process)
+        spawned.append((process.name, process.pid))
+
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", counted)
+    root = tmp_path / "mlruns"
+    spec = load_spec(SPEC, _overrides(root, **{"study.confirm": "{top_k: 1, seeds: 3}"}))
+    result = run_study(spec, trials=3, workers=2)
+
+    assert [name for name, _ in spawned] == ["workbench-worker-1"]
+    assert multiprocessing.active_children() == []  # the helper has exited
+    assert result.confirmed[0]["n"] == 3
+    storage = f"sqlite:///{root}/optuna.db"
+    searched = optuna.load_study(study_name=spec.name, storage=storage).trials
+    confirmed = optuna.load_study(study_name=study_name(spec.name), storage=storage).trials
+    assert len(searched) == 3  # the third repeats one of the space's two values: pruned
+    assert [t.state.name for t in confirmed] == ["COMPLETE"] * 3
+    processes = {os.getpid(), spawned[0][1]}  # this one and the helper: for every trial
+    assert {t.user_attrs[WORKER]["pid"] for t in searched + confirmed} <= processes
+
+
 @pytest.mark.parametrize(
     ("mean", "half", "seeds", "bound", "expected"),
     [

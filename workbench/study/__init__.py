@@ -100,44 +100,14 @@ def _run(spec: ExperimentSpec) -> StudyResult:
     search = pool.cap_workers(spec, remaining)  # confirmations are capped by their own count
     on = f" on {search.study.workers} workers" if search.study.workers > 1 else ""
     print(f"study {spec.name!r}: {done} trials finished, running {max(remaining, 0)} more{on}")
-    helpers = []
+    helpers = pool.Helpers(parent)  # the search's workers stay for the confirmation
     try:
         if remaining > 0:
-            _stop_if_asked()
-            helpers = [pool.start_worker(search, parent, i) for i in range(1, search.study.workers)]
-            with pool.share_cores(search.study.workers):
-                pool.optimize(search, study, data, store, parent, remaining)
-            _stop_if_asked()  # before waiting for the workers' trials
-            for helper in helpers:
-                helper.join()
-            if any(helper.exitcode != 0 for helper in helpers):
-                raise RuntimeError("a worker process failed; re-run the same command to resume")
-            # A worker that died mid-trial left it to be retried; trials that failed on their
-            # own (a diverged loss) are not run again.
-            recovery.recover(study, store, parent)
-            retries = pool.count(study, optuna.trial.TrialState.WAITING)
-            if retries > 0:
-                pool.optimize(search, study, data, store, parent, retries, count_running=False)
-                _stop_if_asked()
-    except KeyboardInterrupt:
-        pool.stop_workers(helpers)
-        tracking.end_run(store, parent, "KILLED", "interrupted; re-run the same command to resume")
-        print(f"\nstudy {spec.name!r} interrupted: finished trials are kept; re-run to resume")
-        raise
-    recovery.recover(study, store, parent)
-    confirmation = None
-    study.set_user_attr(confirm.CHAMPION, None)  # set again below when confirmation chooses
-    if spec.study.confirm.top_k > 0:
-        try:
-            _stop_if_asked()
-            confirmation = confirm.run(spec, study, storage, data, store, parent)
-            _stop_if_asked()
-        except KeyboardInterrupt:
-            tracking.end_run(
-                store, parent, "KILLED", "interrupted; re-run the same command to resume"
-            )
-            print(f"\nstudy {spec.name!r} interrupted while confirming: re-run to resume")
-            raise
+            _search(search, study, data, store, parent, remaining, helpers)
+        recovery.recover(study, store, parent)
+        confirmation = _confirm(spec, study, storage, data, store, parent, helpers)
+    finally:
+        helpers.close()
     result = finish_study(spec, study, store, parent, data, confirmation)
     if spec.tracking.report:
         from workbench.study.report import write_report
@@ -151,6 +121,46 @@ def _run(spec: ExperimentSpec) -> StudyResult:
             annotate(storage, store, confirm.study_name(spec.name))
     tracking.end_run(store, parent, "FINISHED")
     return result
+
+
+def _search(search: ExperimentSpec, study, data, store, parent: str, remaining: int, helpers):
+    """The search's missing trials, in this process and ``search.study.workers - 1`` helpers."""
+    try:
+        _stop_if_asked()
+        helpers.run(search)
+        with pool.share_cores(search.study.workers):
+            pool.optimize(search, study, data, store, parent, remaining)
+        _stop_if_asked()  # before waiting for the workers' trials
+        helpers.wait()
+        # A worker that died mid-trial left it to be retried; trials that failed on their own
+        # (a diverged loss) are not run again.
+        recovery.recover(study, store, parent)
+        retries = pool.count(study, optuna.trial.TrialState.WAITING)
+        if retries > 0:
+            pool.optimize(search, study, data, store, parent, retries, count_running=False)
+            _stop_if_asked()
+    except KeyboardInterrupt:
+        helpers.stop()
+        tracking.end_run(store, parent, "KILLED", "interrupted; re-run the same command to resume")
+        print(f"\nstudy {search.name!r} interrupted: finished trials are kept; re-run to resume")
+        raise
+
+
+def _confirm(spec: ExperimentSpec, study, storage, data, store, parent: str, helpers):
+    """The confirmation over seeds the spec asks for (``confirm.run``), or None."""
+    study.set_user_attr(confirm.CHAMPION, None)  # set again below when confirmation chooses
+    if spec.study.confirm.top_k == 0:
+        return None
+    try:
+        _stop_if_asked()
+        confirmation = confirm.run(spec, study, storage, data, store, parent, helpers)
+        _stop_if_asked()
+    except KeyboardInterrupt:
+        helpers.stop()
+        tracking.end_run(store, parent, "KILLED", "interrupted; re-run the same command to resume")
+        print(f"\nstudy {spec.name!r} interrupted while confirming: re-run to resume")
+        raise
+    return confirmation
 
 
 def _stop_if_asked() -> None:

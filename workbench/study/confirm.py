@@ -185,9 +185,10 @@ def collect(study: optuna.Study, confirm_study: optuna.Study, spec: ExperimentSp
     return Confirmation(ranked, float(optimism))
 
 
-def run(spec: ExperimentSpec, study: optuna.Study, storage, data, store, parent: str):
+def run(spec: ExperimentSpec, study: optuna.Study, storage, data, store, parent: str, helpers=None):
     """Confirm the search's best configurations (resuming what a killed run left), record the
-    champion on the search study, log the table and figure to the parent run."""
+    champion on the search study, log the table and figure to the parent run. ``helpers``
+    (``workers.Helpers``): the search's worker processes, reused; started where missing."""
     from workbench.study import recovery
     from workbench.study import workers as pool
 
@@ -207,22 +208,21 @@ def run(spec: ExperimentSpec, study: optuna.Study, storage, data, store, parent:
             f"confirming {which} over {spec.study.confirm.seeds} fresh seeds: {waiting} runs"
             + (f" on {workers} workers" if workers > 1 else "")
         )
-        helpers = [
-            pool.start_worker(confirm_spec, parent, i, confirm_study.study_name)
-            for i in range(1, workers)
-        ]
+        own = helpers is None
+        helpers = pool.Helpers(parent) if own else helpers
         try:
+            helpers.run(confirm_spec, confirm_study.study_name)
             with pool.share_cores(workers):
                 pool.optimize(
                     confirm_spec, confirm_study, data, store, parent, waiting, queued_only=True
                 )
+            helpers.wait()
         except KeyboardInterrupt:
-            pool.stop_workers(helpers)
+            helpers.stop()
             raise
-        for helper in helpers:
-            helper.join()
-        if any(helper.exitcode != 0 for helper in helpers):
-            raise RuntimeError("a worker process failed; re-run the same command to resume")
+        finally:
+            if own:
+                helpers.close()
         recovery.recover(confirm_study, store, parent, role="confirm")
     confirmation = collect(study, confirm_study, spec)
     if confirmation is None:

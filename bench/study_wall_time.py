@@ -6,8 +6,9 @@ worktree (``PYTHONPATH`` points at it; the same virtual environment for all). Va
 to back, interleaved pair by pair in alternating order (ABBA...), so slow drift in the machine's
 load falls on both. Wall time and the CPU time of the run (its processes' user + system) are
 printed with the load average around each run, the outcome (complete / pruned trials and the
-champion's test accuracy: the same study should end alike), and the ratio of median wall times
-of each variant to the first.
+champion's test accuracy: the same study should end alike), what the champion's MLflow run
+holds (artifacts and metrics: any a variant lacks against the first is listed), and the ratio of
+median wall times of each variant to the first.
 
     python bench/study_wall_time.py [--variant before=50959c3 --variant after=HEAD
                                      --variant "after-2-workers=HEAD --workers 2"]
@@ -50,6 +51,8 @@ class Timing:
     cpu_s: float
     load: tuple[float, float]
     outcome: str
+    champion: set[str]
+    """The champion run's artifact paths and metric names (``metric:NAME``)."""
 
 
 def parse_variant(text: str) -> Variant:
@@ -77,7 +80,22 @@ def run_once(variant: Variant, spec: str, trials: int, folder: Path) -> Timing:
     cpu = (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime)
     if done.returncode != 0:
         raise RuntimeError(f"{variant.name}: exit {done.returncode}\n{done.stderr[-3000:]}")
-    return Timing(wall, cpu, (load_before, os.getloadavg()[0]), outcome_of(done.stdout))
+    outcome = outcome_of(done.stdout)
+    return Timing(wall, cpu, (load_before, os.getloadavg()[0]), outcome, champion_run(store))
+
+
+def champion_run(store: Path) -> set[str]:
+    """What the MLflow run behind the ``@champion`` alias holds: artifact paths, metric names."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{store}/mlflow.db")
+    (model,) = client.search_registered_models()
+    run_id = client.get_model_version_by_alias(model.name, "champion").run_id
+    found, folders = set(), [None]
+    while folders:
+        for entry in client.list_artifacts(run_id, folders.pop()):
+            (folders.append if entry.is_dir else found.add)(entry.path)
+    return found | {f"metric:{name}" for name in client.get_run(run_id).data.metrics}
 
 
 def outcome_of(stdout: str) -> str:
@@ -120,9 +138,15 @@ def main() -> None:
                     print(
                         f"{variant.name:>16} run {pair}: {timing.wall_s:7.1f} s wall, "
                         f"{timing.cpu_s:7.1f} s CPU, load {timing.load[0]:.1f} -> "
-                        f"{timing.load[1]:.1f}; {timing.outcome}",
+                        f"{timing.load[1]:.1f}; {timing.outcome}; champion run: "
+                        f"{sum(not c.startswith('metric:') for c in timing.champion)} "
+                        f"artifacts, {sum(c.startswith('metric:') for c in timing.champion)} "
+                        "metrics",
                         flush=True,
                     )
+                    missing = timings[variants[0].name][0].champion - timing.champion
+                    if missing:
+                        print(f"{'':>16} lacks against {variants[0].name}: {sorted(missing)}")
         finally:
             for variant in variants:
                 if variant.checkout is not None and variant.checkout.exists():

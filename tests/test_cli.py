@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import signal
 import sqlite3
@@ -193,3 +194,34 @@ def _trial_runs(client: MlflowClient) -> dict[int, object]:
     numbered = {int(r.data.tags["workbench.trial"]): r for r in trials}
     assert len(numbered) == len(trials), "a trial has more than one run"
     return numbered
+
+
+def test_the_command_leaves_with_mains_code_after_flushing_output_and_exit_handlers(
+    tmp_path: Path,
+):
+    """``workbench`` skips Python's teardown after its work (about 3 s at a study's end), not
+    what comes before it: buffered output is written, threads are joined, exit handlers run,
+    and the status is ``main``'s."""
+    marker, root = tmp_path / "handler-ran", tmp_path / "empty"
+    script = "\n".join(
+        [
+            "import atexit, sys, threading, time",
+            "from pathlib import Path",
+            f"atexit.register(lambda: Path({str(marker)!r}).write_text('ran'))",
+            f"sys.argv = ['workbench', 'results', '--root', {str(root)!r}]",
+            "threading.Thread(target=lambda: (time.sleep(0.5), print('thread done'))).start()",
+            "print('buffered before the command')",
+            "from workbench.cli import entry",
+            "entry()",
+            "print('never printed')",
+        ]
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    from workbench.cli import main
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        expected = main(["results", "--root", str(root)])
+    assert done.returncode == expected, done.stderr[-2000:]
+    assert "buffered before the command" in done.stdout and "thread done" in done.stdout
+    assert "never printed" not in done.stdout
+    assert marker.read_text() == "ran"

@@ -277,7 +277,7 @@ def _worker_main(connection) -> None:
         except EOFError:  # the main process is gone
             return
         if job is None:
-            return
+            leave_now(0)
         raw_spec, parent, study_name = job
         spec = load_spec(raw_spec)
         if data_of != (spec.data, spec.seed):  # a confirmation trains on the search's data
@@ -337,3 +337,24 @@ def open_study(spec: ExperimentSpec, storage=None, name: str | None = None) -> o
         directions=directions,
         load_if_exists=True,
     )
+
+
+def leave_now(code: int) -> None:
+    """End this process once its work is done, without Python's interpreter teardown.
+
+    Everything the workbench writes is closed or committed by then. What Python does after
+    that, releasing every object torch, Lightning and MLflow made, took 3.0-3.4 s at the end of
+    a study on the reference machine (a 2-worker study waits for its helper's too). The
+    interpreter's own first steps still run: thread pools are told to end and running threads
+    joined, exit handlers run (logging, multiprocessing, MLflow), output is flushed; then the
+    process exits with ``code``.
+    """
+    import atexit
+    import sys
+    import threading
+
+    threading._shutdown()  # what the interpreter does first at exit
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)

@@ -329,3 +329,26 @@ def test_trials_that_fail_on_their_own_are_not_run_again(tmp_path: Path):
     states = [t.state for t in result.load_study().trials]
     assert states == [optuna.trial.TrialState.FAIL] * 2  # was 4: the failures were re-run
     assert result.n_complete == 0 and result.registered_model is None
+
+
+def test_the_workbench_reads_its_artifacts_without_printing_progress_bars(tmp_path):
+    """MLflow draws a progress bar for every download; a study's end read a dozen small files
+    and printed a dozen bars. (In a fresh process: tqdm reads TQDM_DISABLE, which the tests
+    set, once at import.)"""
+    script = textwrap.dedent(
+        f"""
+        from workbench import tracking
+        store = tracking.open_store({str(tmp_path / "mlruns")!r}, "quiet")
+        run_id = store.client.create_run(store.experiment_id).info.run_id
+        tracking.log_json(store, run_id, {{"a": 1}}, "notes/a.json")
+        print("READ", tracking.read_json(store, run_id, "notes/a.json"))
+        print("READ", tracking.read_artifacts(store, run_id, "notes"))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "READ {'a': 1}" in done.stdout and "notes/a.json" in done.stdout
+    assert "Downloading artifacts" not in done.stdout + done.stderr

@@ -379,7 +379,7 @@ def _draw(trial, run, store, names: list[str], folder: Path) -> dict[str, Path]:
         else:
             chosen = logged.get(f"plots/{name}.png")
         if chosen is not None:
-            files[name] = _download(store, run.info.run_id, chosen, folder)
+            files[name] = tracking.download(store, run.info.run_id, chosen, folder)
         elif name == "learning_curves":
             history = tracking.run_history(store.tracking_uri, run.info.run_id)
             if history:  # an SVG: matplotlib's PNG would cost 0.25 s for every trial
@@ -401,21 +401,6 @@ def _logged_pngs(store, run_id: str) -> dict[str, str]:
             continue
         found.update({e.path: e.path for e in entries if not e.is_dir and e.path.endswith(".png")})
     return found
-
-
-def _download(store, run_id: str, path: str, folder: Path) -> Path:
-    """One artifact of a run into ``folder``, without MLflow's progress bar."""
-    import os
-
-    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    try:
-        return Path(store.client.download_artifacts(run_id, path, str(folder)))
-    finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
 
 
 def _upload_trial_file(storage, study_id: int, trial_id: int, artifacts, path: Path) -> str:
@@ -457,7 +442,7 @@ def _study_figures(study, run, store, artifacts, attrs) -> dict:
     if missing:
         with tempfile.TemporaryDirectory() as tmp:
             for name in missing:
-                path = _download(store, run_id, available[name], Path(tmp))
+                path = tracking.download(store, run_id, available[name], Path(tmp))
                 ids[name] = upload_artifact(
                     artifact_store=artifacts, file_path=str(path), study_or_trial=study
                 )

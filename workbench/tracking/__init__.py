@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -191,11 +192,25 @@ def log_json(store: Store, run_id: str, data: Any, artifact_file: str) -> None:
     store.client.log_text(run_id, json.dumps(data, indent=2, default=str), artifact_file)
 
 
+def download(store: Store, run_id: str, path: str, folder: str | Path) -> Path:
+    """One artifact of a run into ``folder``, without MLflow's progress bar (the workbench's
+    own small reads printed one bar each at the end of every study)."""
+    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        return Path(store.client.download_artifacts(run_id, path, str(folder)))
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
+
+
 def read_json(store: Store, run_id: str, artifact_file: str) -> Any:
     """A JSON artifact of a run; None when the run has none."""
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = store.client.download_artifacts(run_id, artifact_file, tmp)
+            path = download(store, run_id, artifact_file, tmp)
         except Exception:  # MLflow raises several types for a missing artifact
             return None
         return json.loads(Path(path).read_text())
@@ -214,8 +229,7 @@ def read_artifacts(store: Store, run_id: str, folder: str, suffix: str = "") -> 
         for info in store.client.list_artifacts(run_id, folder or None):
             if info.is_dir or not info.path.endswith(suffix):
                 continue
-            path = store.client.download_artifacts(run_id, info.path, tmp)
-            files[info.path] = Path(path).read_bytes()
+            files[info.path] = download(store, run_id, info.path, tmp).read_bytes()
     return files
 
 
@@ -334,7 +348,7 @@ def run_spec(store: Store, run_id: str) -> dict:
     parent = run.data.tags.get("mlflow.parentRunId", run_id)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = store.client.download_artifacts(parent, "spec.json", tmp)
+            path = download(store, parent, "spec.json", tmp)
         except Exception as exc:  # MLflow raises several types for a missing artifact
             raise LookupError(f"run id {run_id!r}: its study run has no spec.json") from exc
         return json.loads(Path(path).read_text())

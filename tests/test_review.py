@@ -211,3 +211,6 @@ def test_learning_curves_svg_places_each_epoch_and_leaves_a_gap_for_a_missing_va
     dots = [(c.get("cx"), c.get("cy")) for c in svg.iter(f"{ns}circle")]
     assert dots == [("52.0", "24.0"), ("290.0", "95.0")]
     assert {"1", "3", "0.5", "0"} <= set(titles)  # first and last epoch, y range
+    # A flat curve at a large value (0.5 above and below would round away) is still drawn.
+    flat = learning_curves_svg([{"epoch": e, "val/loss": 2.0**60} for e in range(3)])
+    assert "nan" not in flat and "inf" not in flat and "<polyline" in flat

@@ -246,3 +246,36 @@ def test_a_late_worker_counts_the_trials_running_elsewhere(tmp_path: Path):
     _optimize(spec, study, data=None, store=None, parent=None, n=1)
     states = [t.state.name for t in study.get_trials()]
     assert states == ["COMPLETE", "COMPLETE", "COMPLETE", "RUNNING"]
+
+
+def test_a_helper_that_dies_is_named_not_a_broken_pipe(tmp_path: Path):
+    """A helper process that fails (here: its storage refuses connections) ends ``wait`` with
+    the error that says to re-run, and the next study given to the pool starts a new helper."""
+    import dataclasses
+
+    from workbench.spec import load_spec
+    from workbench.study.workers import Helpers
+
+    spec = load_spec(EXPERIMENTS / "breast_cancer_mlp.yaml", tiny(tmp_path / "mlruns"))
+    refused = dataclasses.replace(
+        spec,
+        study=dataclasses.replace(spec.study, workers=2),
+        tracking=dataclasses.replace(
+            spec.tracking, optuna_storage="postgresql+psycopg2://nobody@127.0.0.1:1/none"
+        ),
+    )
+    helpers = Helpers(parent="no-run")
+    try:
+        helpers.run(refused)
+        with pytest.raises(RuntimeError, match=r"worker process failed \(exit code 1\).*re-run"):
+            helpers.wait()
+        ((dead, _),) = helpers._workers
+        assert not dead.is_alive()
+        helpers.run(refused)  # the dead one is replaced, not written to
+        ((fresh, _),) = helpers._workers
+        assert fresh is not dead
+        with pytest.raises(RuntimeError, match="worker process failed"):
+            helpers.wait()
+    finally:
+        helpers.close()
+    assert helpers._workers == []

@@ -94,8 +94,9 @@ def _svg_panel(
     first, last = (min(epochs), max(epochs)) if epochs else (1, 1)
     values = [v for stage_values in series.values() for v in stage_values if v is not None]
     low, high = (min(values), max(values)) if values else (0.0, 1.0)
-    if high == low:
-        low, high = low - 0.5, high + 0.5
+    if high - low <= 1e-12 * max(abs(low), abs(high), 1.0):  # flat: a band around it
+        pad = max(0.5, 0.05 * abs(low))
+        low, high = low - pad, high + pad
 
     def point(epoch: int, value: float) -> tuple[str, str]:
         x = x0 + plot_w * (epoch - first) / max(last - first, 1)

@@ -200,6 +200,10 @@ class Helpers:
 
         wanted = spec.study.workers - 1
         context = multiprocessing.get_context("spawn")
+        for process, connection in [w for w in self._workers if not w[0].is_alive()]:
+            process.join()  # died while idle (killed from outside): replaced below
+            connection.close()
+            self._workers.remove((process, connection))
         while len(self._workers) < wanted:
             here, there = context.Pipe()
             name = f"workbench-worker-{len(self._workers) + 1}"
@@ -212,19 +216,24 @@ class Helpers:
             connection.send((spec.to_dict(), self.parent, study_name))
 
     def wait(self) -> None:
-        """Until every helper given a study has finished it; a helper that died raises."""
+        """Until every helper given a study has finished it (or died); one that died raises
+        once the others have finished theirs."""
         from multiprocessing.connection import wait
 
+        failed = None
         for process, connection in self._busy:
             wait([connection, process.sentinel])
-            if not connection.poll():
+            try:
+                connection.recv()  # "done"; at a dead helper's closed pipe, EOFError
+            except EOFError:
                 process.join()
-                raise RuntimeError(
-                    f"a worker process failed (exit code {process.exitcode}); "
-                    "re-run the same command to resume"
-                )
-            connection.recv()
+                failed = failed or process
         self._busy = []
+        if failed is not None:
+            raise RuntimeError(
+                f"a worker process failed (exit code {failed.exitcode}); "
+                "re-run the same command to resume"
+            )
 
     def stop(self) -> None:
         for process, _ in self._workers:

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -195,15 +196,19 @@ def log_json(store: Store, run_id: str, data: Any, artifact_file: str) -> None:
 def download(store: Store, run_id: str, path: str, folder: str | Path) -> Path:
     """One artifact of a run into ``folder``, without MLflow's progress bar (the workbench's
     own small reads printed one bar each at the end of every study)."""
-    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    try:
-        return Path(store.client.download_artifacts(run_id, path, str(folder)))
-    finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
+    with _QUIET:  # a notebook's background study may read at the same time
+        previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+        try:
+            return Path(store.client.download_artifacts(run_id, path, str(folder)))
+        finally:
+            if previous is None:
+                os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+            else:
+                os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
+
+
+_QUIET = threading.Lock()
 
 
 def read_json(store: Store, run_id: str, artifact_file: str) -> Any:

@@ -9,6 +9,7 @@ in a thread behind a handle a notebook can watch and stop (``background``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -125,7 +126,8 @@ def _run(spec: ExperimentSpec) -> StudyResult:
 
 def _search(search: ExperimentSpec, study, data, store, parent: str, remaining: int, helpers):
     """The search's missing trials, in this process and ``search.study.workers - 1`` helpers."""
-    try:
+    stopped = f"study {search.name!r} interrupted: finished trials are kept; re-run to resume"
+    with _closing_on_interrupt(helpers, store, parent, stopped):
         _stop_if_asked()
         helpers.run(search)
         with pool.share_cores(search.study.workers):
@@ -139,11 +141,6 @@ def _search(search: ExperimentSpec, study, data, store, parent: str, remaining: 
         if retries > 0:
             pool.optimize(search, study, data, store, parent, retries, count_running=False)
             _stop_if_asked()
-    except KeyboardInterrupt:
-        helpers.stop()
-        tracking.end_run(store, parent, "KILLED", "interrupted; re-run the same command to resume")
-        print(f"\nstudy {search.name!r} interrupted: finished trials are kept; re-run to resume")
-        raise
 
 
 def _confirm(spec: ExperimentSpec, study, storage, data, store, parent: str, helpers):
@@ -151,16 +148,24 @@ def _confirm(spec: ExperimentSpec, study, storage, data, store, parent: str, hel
     study.set_user_attr(confirm.CHAMPION, None)  # set again below when confirmation chooses
     if spec.study.confirm.top_k == 0:
         return None
-    try:
+    stopped = f"study {spec.name!r} interrupted while confirming: re-run to resume"
+    with _closing_on_interrupt(helpers, store, parent, stopped):
         _stop_if_asked()
         confirmation = confirm.run(spec, study, storage, data, store, parent, helpers)
         _stop_if_asked()
+    return confirmation
+
+
+@contextlib.contextmanager
+def _closing_on_interrupt(helpers, store, parent: str, message: str):
+    """On Ctrl-C (or a handle's stop): helpers stopped, the parent run KILLED, ``message``."""
+    try:
+        yield
     except KeyboardInterrupt:
         helpers.stop()
         tracking.end_run(store, parent, "KILLED", "interrupted; re-run the same command to resume")
-        print(f"\nstudy {spec.name!r} interrupted while confirming: re-run to resume")
+        print(f"\n{message}")
         raise
-    return confirmation
 
 
 def _stop_if_asked() -> None:

@@ -258,3 +258,40 @@ def test_monitor_load_serves_the_model_and_logs_a_load_run(tiny_study):
     assert metrics["load/errors"] == 0 and metrics["load/requests"] > 10
     assert 0 < metrics["load/latency_p50_ms"] <= metrics["load/latency_p95_ms"]
     assert "load/memory_growth" in metrics
+
+
+@pytest.mark.slow
+def test_ctrl_c_lets_the_server_answer_and_record_the_request_in_hand(tiny_study, tmp_path: Path):
+    """Ctrl-C at a terminal reaches `workbench serve` and its server alike (one process group).
+    The server finishes the request it is answering and flushes its recording before the
+    command returns; the command used to kill it 0.25 s after the interrupt, losing both."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from tests.servers import serving as run_server
+
+    spec, result = tiny_study
+    uri = f"models:/{result.registered_model}@champion"
+    port, record = free_port(), tmp_path / "recording"
+    command = [sys.executable, "-m", "workbench.cli", "serve", uri, "--port", str(port)]
+    command += ["--root", str(spec.tracking.root), "--record", str(record), "--max-body-mb", "64"]
+    url = f"http://127.0.0.1:{port}"
+    # A batch big enough that the server is still reading it when the interrupt comes.
+    batch = np.random.default_rng(0).random((4000, 1, 28, 28)).round(3)
+    body = json.dumps({"inputs": batch.tolist()}).encode()
+    answers: list = []
+    with run_server(command, f"{url}/ping", stop=signal.SIGINT) as server:
+        assert _post(url, json.dumps({"inputs": batch[:5].tolist()}).encode())[0] == 200
+        sender = threading.Thread(target=lambda: answers.append(_post(url, body)))
+        sender.start()
+        time.sleep(0.3)
+        os.killpg(server.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        sender.join(timeout=120)
+        assert server.wait(timeout=60) == 0
+    assert len(answers) == 1, "the request in hand was not answered"
+    status, answer = answers[0]
+    assert status == 200 and len(answer["predictions"]) == len(batch)
+    recorded, predictions, _ = read_recorded(record)
+    assert len(recorded) == 5 + len(batch) and predictions.shape == (5 + len(batch), 10)

@@ -553,10 +553,27 @@ def _serve(args: argparse.Namespace) -> int:
             f"recording answered requests under {record} (data policy {policy}; "
             "`workbench monitor` reads them)"
         )
+    server = subprocess.Popen(command, env=serve_environment(model.store.tracking_uri))
     try:
-        return subprocess.call(command, env=serve_environment(model.store.tracking_uri))
+        return server.wait()
     except KeyboardInterrupt:
-        return 0
+        return _let_server_finish(server)
+
+
+def _let_server_finish(server: subprocess.Popen, timeout_s: float = 60.0) -> int:
+    """After Ctrl-C: give the server time to answer the requests in hand and flush its
+    recording. A terminal's Ctrl-C reached it too; SIGTERM covers an interrupt that was ours
+    alone (a second SIGINT would make uvicorn quit at once). Another Ctrl-C, or ``timeout_s``,
+    kills it."""
+    import signal
+
+    try:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=timeout_s)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        server.kill()
+        server.wait()
+    return 0
 
 
 def _attack(args: argparse.Namespace) -> int:

@@ -76,9 +76,11 @@ class CollectBetweenTrials:
     A trial's Lightning module and trainer refer to each other, so only the cycle collector frees
     them (and a GPU's memory with them). A full collection walks every tracked object: about
     640,000 once torch, Lightning and MLflow are imported, 0.35 s on the reference machine, a
-    tenth of a small trial. After the first trial's collection the objects that survived it
-    (modules, caches, the study) are frozen (``gc.freeze``): later collections walk only what
-    later trials made. ``release()`` (the study's trials are over) returns them to the collector.
+    tenth of a small trial. So what exists when the study starts (modules, caches, the caller's
+    objects) is frozen (``gc.freeze``) at once, and again what survived the first trial's
+    collection (what that trial imported): each collection walks only what the trials made.
+    ``release()`` (the study's trials are over) returns them all to the collector, so garbage
+    that was frozen is collected later as usual.
 
     Freezing is process-wide, so it happens only for a study in the main thread with nothing
     frozen already: a study a notebook runs in a thread (``background.StudyHandle``) would freeze
@@ -89,16 +91,18 @@ class CollectBetweenTrials:
     def __init__(self) -> None:
         import threading
 
-        self.froze = False
-        self.may_freeze = (
+        self.froze = (
             threading.current_thread() is threading.main_thread() and gc.get_freeze_count() == 0
         )
+        self.trials = 0
+        if self.froze:
+            gc.freeze()
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         gc.collect()
-        if self.may_freeze and not self.froze:
+        self.trials += 1
+        if self.froze and self.trials == 1:
             gc.freeze()
-            self.froze = True
 
     def release(self) -> None:
         if self.froze:

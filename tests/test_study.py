@@ -145,6 +145,19 @@ def test_best_model_is_registered_and_serves_the_same_predictions(finished):
         assert torch.allclose(network(inputs), module(inputs), atol=1e-5)
 
 
+def test_a_first_study_does_not_say_its_registered_model_already_exists(tmp_path: Path, capfd):
+    """The workbench creates the registered model itself (tagged with its owning study) before
+    MLflow registers the champion's version; MLflow then printed "Registered model ... already
+    exists" on every new store. The version is still registered under the alias."""
+    result = run_study(
+        SPEC, trials=1, overrides=tiny(tmp_path / "mlruns", **{"explain.enabled": False})
+    )
+    out, err = capfd.readouterr()
+    assert "already exists" not in out + err and "Created version" not in out + err
+    version = MlflowClient(result.tracking_uri).get_model_version_by_alias("mnist_cnn", "champion")
+    assert version.run_id == result.best_run_id
+
+
 def test_resume_runs_only_the_missing_trials_in_the_same_parent(tmp_path: Path):
     overrides = tiny(tmp_path / "mlruns", **{"explain.enabled": False})
     first = run_study(SPEC, trials=1, overrides=overrides)

@@ -287,6 +287,7 @@ def test_ctrl_c_lets_the_server_answer_and_record_the_request_in_hand(tiny_study
         sender = threading.Thread(target=lambda: answers.append(_post(url, body)))
         sender.start()
         time.sleep(0.3)
+        assert sender.is_alive(), "the request must still be in hand when Ctrl-C comes"
         os.killpg(server.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
         sender.join(timeout=120)
         assert server.wait(timeout=60) == 0
@@ -295,3 +296,19 @@ def test_ctrl_c_lets_the_server_answer_and_record_the_request_in_hand(tiny_study
     assert status == 200 and len(answer["predictions"]) == len(batch)
     recorded, predictions, _ = read_recorded(record)
     assert len(recorded) == 5 + len(batch) and predictions.shape == (5 + len(batch), 10)
+
+
+def test_a_server_that_will_not_stop_is_killed_and_said(capsys):
+    """Past its grace period after Ctrl-C, `workbench serve` kills the server, says what may be
+    lost and exits 1 (it returned 0 whatever happened)."""
+    from workbench.cli import _let_server_finish
+
+    stubborn = subprocess.Popen(
+        [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
+         "signal.SIG_IGN); print('up', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert stubborn.stdout.readline() == b"up\n"  # its handler is in place
+    assert _let_server_finish(stubborn, timeout_s=1) == 1
+    assert stubborn.returncode == -9
+    assert "the server was killed (still running 1 s after Ctrl-C)" in capsys.readouterr().err

@@ -561,19 +561,33 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _let_server_finish(server: subprocess.Popen, timeout_s: float = 60.0) -> int:
-    """After Ctrl-C: give the server time to answer the requests in hand and flush its
-    recording. A terminal's Ctrl-C reached it too; SIGTERM covers an interrupt that was ours
-    alone (a second SIGINT would make uvicorn quit at once). Another Ctrl-C, or ``timeout_s``,
-    kills it."""
+    """After Ctrl-C: give the server up to ``timeout_s`` to answer the requests in hand and
+    flush its recording. A terminal's Ctrl-C reached it too; SIGTERM covers an interrupt that
+    was ours alone (a second SIGINT would make uvicorn quit at once). A second Ctrl-C leaves it
+    3 s to quit (its recorder still flushes); a server that outlasts either is killed, said, and
+    the exit status is 1."""
     import signal
 
     try:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=timeout_s)
-    except (subprocess.TimeoutExpired, KeyboardInterrupt):
-        server.kill()
-        server.wait()
-    return 0
+        return 0
+    except subprocess.TimeoutExpired:
+        why = f"still running {timeout_s:.0f} s after Ctrl-C"
+    except KeyboardInterrupt:
+        try:
+            server.wait(timeout=3)
+            return 0
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            why = "a second Ctrl-C"
+    server.kill()
+    server.wait()
+    print(
+        f"workbench: the server was killed ({why}); requests it was answering and its last "
+        "recorded lines may be lost",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _attack(args: argparse.Namespace) -> int:

@@ -76,11 +76,9 @@ class CollectBetweenTrials:
     A trial's Lightning module and trainer refer to each other, so only the cycle collector frees
     them (and a GPU's memory with them). A full collection walks every tracked object: about
     640,000 once torch, Lightning and MLflow are imported, 0.35 s on the reference machine, a
-    tenth of a small trial. So what exists when the study starts (modules, caches, the caller's
-    objects) is frozen (``gc.freeze``) at once, and again what survived the first trial's
-    collection (what that trial imported): each collection walks only what the trials made.
-    ``release()`` (the study's trials are over) returns them all to the collector, so garbage
-    that was frozen is collected later as usual.
+    tenth of a small trial. After the first trial's collection the objects that survived it
+    (modules, caches, the study) are frozen (``gc.freeze``): later collections walk only what
+    later trials made. ``release()`` (the study's trials are over) returns them to the collector.
 
     Freezing is process-wide, so it happens only for a study in the main thread with nothing
     frozen already: a study a notebook runs in a thread (``background.StudyHandle``) would freeze
@@ -91,18 +89,16 @@ class CollectBetweenTrials:
     def __init__(self) -> None:
         import threading
 
-        self.froze = (
+        self.froze = False
+        self.may_freeze = (
             threading.current_thread() is threading.main_thread() and gc.get_freeze_count() == 0
         )
-        self.trials = 0
-        if self.froze:
-            gc.freeze()
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         gc.collect()
-        self.trials += 1
-        if self.froze and self.trials == 1:
+        if self.may_freeze and not self.froze:
             gc.freeze()
+            self.froze = True
 
     def release(self) -> None:
         if self.froze:

@@ -3,8 +3,6 @@ loading a logged model back, its scoring app, and resolving ``models:/`` URIs to
 
 from __future__ import annotations
 
-import contextlib
-import io
 from typing import Any
 
 import mlflow
@@ -95,10 +93,7 @@ def register_version(
         version = min(existing, key=lambda v: int(v.version))
     else:
         # mlflow.register_model links the version to the logged model (a tracking server insists).
-        # It prints that the registered model "already exists" (claim_registered_model made it,
-        # to tag its owner) and which version it created: the study's summary says the latter.
-        with contextlib.redirect_stderr(io.StringIO()):
-            version = mlflow.register_model(model_uri, name, await_registration_for=0)
+        version = mlflow.register_model(model_uri, name, await_registration_for=0)
     client.set_registered_model_alias(name, alias, version.version)
     return int(version.version)
 
